@@ -1,0 +1,1 @@
+"""Provider adapters: one request format in, any provider's batch API out."""

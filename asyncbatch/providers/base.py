@@ -1,0 +1,110 @@
+"""The narrow interface between the engine and a provider's batch API.
+
+A provider turns stored requests into its wire format, moves shards over HTTP and hands results back in
+one normalised shape. It never touches the store; the manager never speaks HTTP. Swapping OpenAI for
+Anthropic (or a test double) is swapping this object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
+
+
+class ShardLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """How much one provider batch may hold. The planner stays below both."""
+
+    max_requests: int
+    max_bytes: int
+
+
+class BatchError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A batch-level error (validation failure, token limit), as OpenAI's ``errors.data[]`` items."""
+
+    code: str
+    message: str = ""
+    line: int | None = None
+    param: str | None = None
+
+
+class RemoteBatch(msgspec.Struct, kw_only=True):
+    """A provider batch, normalised. ``raw_status`` keeps the provider's own word."""
+
+    id: str
+    status: BatchStatus
+    raw_status: str
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[BatchError] = msgspec.field(default_factory=list)
+    created_at: float = 0.0
+    token: str | None = None  # the client token, where the provider echoes it back (metadata)
+    cancel_requested: bool = False  # cancelled by someone (us or the user on the console)
+
+
+class ResultLine(msgspec.Struct, kw_only=True):
+    """One line of a provider's results, normalised. ``body`` is the native response body as raw JSON."""
+
+    wire_id: str  # the custom_id as sent to the provider (see Provider.wire_id)
+    outcome: Outcome
+    status_code: int | None = None
+    body: msgspec.Raw | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: Usage | None = None
+    request_id: str | None = None
+    model: str | None = None
+    line_id: str | None = None  # the provider's own id of the line (OpenAI ``batch_req_...``)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What the engine needs from a provider. Implementations: OpenAIProvider, AnthropicProvider."""
+
+    name: str
+    base_url: str
+    limits: ShardLimits
+    visibility_grace: float  # seconds during which a 404 on a just-created batch means "not visible yet"
+
+    def check(self, request: Request) -> None:
+        """Raise ValidationError (with ``field``) if this provider cannot run the request. No I/O."""
+
+    def model_of(self, request: Request) -> str | None:
+        """The model a request is for; requests are sharded so that one batch holds one model."""
+
+    def wire_id(self, custom_id: str, rid: int, token: str) -> str:
+        """The custom_id sent to the provider for request number ``rid`` of shard ``token``."""
+
+    def encode_line(self, wire_id: str, url: str, body: bytes) -> bytes:
+        """One input line (no newline) for the spool file; ``body`` is the stored request body JSON."""
+
+    async def upload(self, shard: ShardInfo) -> str | None:
+        """Upload the shard's spool file; return the provider's file id, or None for inline providers."""
+
+    async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
+        """Create the provider batch. The shard's token must travel with it (metadata or ids)."""
+
+    async def find(self, shard: ShardInfo) -> RemoteBatch | None:
+        """After a crash in ``creating``: the batch created for this shard's token, if any."""
+
+    async def retrieve(self, batch_id: str) -> RemoteBatch:
+        """Current state of one batch."""
+
+    async def cancel(self, batch_id: str) -> RemoteBatch:
+        """Ask the provider to cancel; results of requests already run stay available."""
+
+    def results(self, batch: RemoteBatch, workdir: Path) -> AsyncIterator[ResultLine]:
+        """Stream the results of an ended batch (download to ``workdir`` first, then decode line by line)."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def describe(provider: Provider) -> dict[str, Any]:
+    """What identifies a provider in the store: its name and base URL. Never its key."""
+    return {"provider": provider.name, "base_url": provider.base_url}
