@@ -135,8 +135,14 @@ class HttpClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         form: Any = None,
+        idempotent: bool = True,
     ) -> Response:
-        """One call with retries. ``form`` is a zero-argument callable returning fresh FormData per try."""
+        """One call with retries. ``form`` is a zero-argument callable returning fresh FormData per try.
+
+        ``idempotent=False`` (creating a batch) retries only what surely did not reach the server (connection
+        refused, 429); an ambiguous failure (dropped connection, 5xx) is raised so that the caller can look
+        for what the call may have created before trying again.
+        """
         attempt = 0
         while True:
             try:
@@ -154,13 +160,15 @@ class HttpClient:
                         response = Response(status=resp.status, headers=dict(resp.headers), body=payload)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 error: ProviderError = ConnectionFailedError(self.redact(f"{method} {path}: {exc!r}"))
+                if not idempotent and not isinstance(exc, aiohttp.ClientConnectorError):
+                    raise error from None
                 delay = self.retry.backoff(attempt)
             else:
                 if response.status < 400:
                     return response
                 error = self.error_for(method, path, response)
                 hinted = self._retry_delay(response, attempt)
-                if hinted is None:
+                if hinted is None or (not idempotent and response.status != 429):
                     raise error
                 delay = hinted
             if attempt >= self.retry.max_retries:
