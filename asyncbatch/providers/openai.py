@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -440,7 +440,7 @@ class OpenAIProvider:
         response = await self._client().request("POST", self._path(f"/batches/{batch_id}/cancel"))
         return self._normalise(msgspec.json.decode(response.body, type=_Batch))
 
-    async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncIterator[ResultLine]:
+    async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncGenerator[ResultLine, None]:
         """Download the output and error files, then yield their lines; the files are deleted afterwards,
         also when the caller stops early."""
         http = self._client()

@@ -1,0 +1,385 @@
+"""OpenAIProvider and AzureOpenAIProvider: validation, wire encoding, and full runs over loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiohttp import web
+from openai_support import chat, json_handler, stub_host, write_shard
+
+from asyncbatch.errors import AuthenticationError, ValidationError
+from asyncbatch.model import BatchStatus, Outcome, Request
+from asyncbatch.providers.base import Provider, RemoteBatch
+from asyncbatch.providers.openai import TOKEN_KEY, AzureOpenAIProvider, OpenAIProvider
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+# --- construction, validation, encoding (no I/O) ---------------------------------------------------------
+
+
+def test_satisfies_provider_protocol() -> None:
+    assert isinstance(OpenAIProvider(api_key="k"), Provider)
+    assert isinstance(AzureOpenAIProvider(api_key="k", base_url="https://r.openai.azure.com"), Provider)
+
+
+def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert OpenAIProvider().base_url == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    assert OpenAIProvider().base_url == "http://127.0.0.1:9/v1"
+    assert OpenAIProvider(base_url="https://api.groq.com/openai/v1").base_url == "https://api.groq.com/openai/v1"
+    limits = OpenAIProvider().limits
+    assert limits.max_requests == 50_000
+    assert 190 * 2**20 < limits.max_bytes < 200 * 2**20
+    assert OpenAIProvider(name="groq").name == "groq"
+    assert OpenAIProvider.name == "openai"
+
+
+@pytest.mark.parametrize(
+    ("given", "api_version", "expected"),
+    [
+        ("https://res.openai.azure.com", None, "https://res.openai.azure.com/openai/v1"),
+        ("https://res.openai.azure.com/", None, "https://res.openai.azure.com/openai/v1"),
+        ("https://res.openai.azure.com/openai", None, "https://res.openai.azure.com/openai/v1"),
+        ("https://res.openai.azure.com/openai/v1", None, "https://res.openai.azure.com/openai/v1"),
+        ("https://res.openai.azure.com", "2024-10-21", "https://res.openai.azure.com/openai"),
+        ("http://127.0.0.1:8080/v1", None, "http://127.0.0.1:8080/v1"),
+    ],
+)
+def test_azure_base_url(given: str, api_version: str | None, expected: str) -> None:
+    provider = AzureOpenAIProvider(api_key="k", base_url=given, api_version=api_version)
+    assert provider.base_url == expected
+    assert provider.name == "azure"
+    assert provider.limits.max_requests == 100_000
+
+
+def test_azure_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    assert AzureOpenAIProvider().base_url == "https://res.openai.azure.com/openai/v1"
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT")
+    with pytest.raises(ValidationError, match="AZURE_OPENAI_ENDPOINT"):
+        AzureOpenAIProvider()
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (Request(custom_id="a", url="/v1/chat/completions/", body={"model": "m"}), "url"),
+        (Request(custom_id="a", url="/v1/messages", body={"model": "m"}), "url"),
+        (Request(custom_id="a", method="GET", body={"model": "m"}), "method"),
+        (Request(custom_id="a", body={"messages": []}), "body.model"),
+        (Request(custom_id="a", url="/v1/embeddings", body={"input": "x"}), "body.model"),
+        (Request(custom_id="a", body={"model": 4, "messages": []}), "body.model"),
+        (Request(custom_id="a", body={"model": "m", "messages": [], "stream": True}), "body.stream"),
+    ],
+)
+def test_check_rejects(request_: Request, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        OpenAIProvider().check(request_)
+    assert info.value.field == field
+
+
+def test_check_accepts() -> None:
+    provider = OpenAIProvider()
+    provider.check(chat("a", "hi"))
+    provider.check(Request(custom_id="b", body={"model": "m", "messages": [], "stream": False}))
+    provider.check(Request(custom_id="c", url="/v1/moderations", body={"input": "text"}))  # model optional
+    provider.check(Request(custom_id="d", url="/v1/responses", body={"model": "m", "input": "x"}))
+    assert provider.model_of(chat("a", "hi", model="gpt-x")) == "gpt-x"
+    assert provider.model_of(Request(custom_id="c", url="/v1/moderations", body={"input": "t"})) is None
+
+
+def test_check_follows_configured_endpoints() -> None:
+    groq = OpenAIProvider(name="groq", endpoints=("/v1/chat/completions", "/v1/audio/transcriptions"))
+    groq.check(Request(custom_id="a", url="/v1/audio/transcriptions", body={"model": "whisper-large-v3"}))
+    with pytest.raises(ValidationError, match="groq batches do not run '/v1/embeddings'") as info:
+        groq.check(Request(custom_id="a", url="/v1/embeddings", body={"model": "m", "input": "x"}))
+    assert info.value.field == "url"
+    azure = AzureOpenAIProvider(api_key="k", base_url="https://r.openai.azure.com")
+    with pytest.raises(ValidationError):
+        azure.check(Request(custom_id="a", url="/v1/images/generations", body={"prompt": "cat"}))
+
+
+def test_check_job_options() -> None:
+    provider = OpenAIProvider()
+    provider.check_job_options("24h", {f"k{i}": "v" for i in range(15)})  # 15 + our token = 16
+    provider.check_job_options("24h", {"k" * 64: "v" * 512})
+    cases: list[tuple[str, dict[str, str], str]] = [
+        ("48h", {}, "completion_window"),
+        ("24h", {f"k{i}": "v" for i in range(16)}, "metadata"),
+        ("24h", {"k" * 65: "v"}, "metadata"),
+        ("24h", {"": "v"}, "metadata"),
+        ("24h", {"k": "v" * 513}, "metadata.k"),
+        ("24h", {TOKEN_KEY: "mine"}, f"metadata.{TOKEN_KEY}"),
+    ]
+    for window, metadata, field in cases:
+        with pytest.raises(ValidationError) as info:
+            provider.check_job_options(window, metadata)
+        assert info.value.field == field, (window, metadata)
+    OpenAIProvider(completion_windows=("24h", "7d")).check_job_options("7d", {})
+
+
+def test_encode_line_is_exact_and_splices_the_body() -> None:
+    provider = OpenAIProvider()
+    body = b'{"model":"m","messages":[{"role":"user","content":"caf\\u00e9 \xc3\xa9"}],"n":1.50}'
+    custom_id = 'row "1"\n\u00e9'
+    assert provider.wire_id(custom_id, 7, "tok") == custom_id
+    line = provider.encode_line(custom_id, "/v1/chat/completions", body)
+    assert line == (
+        b'{"custom_id":"row \\"1\\"\\n\xc3\xa9","method":"POST","url":"/v1/chat/completions","body":' + body + b"}"
+    )
+    assert b"\n" not in line
+    decoded = json.loads(line)
+    assert decoded["custom_id"] == custom_id
+    assert decoded["body"]["messages"][0]["content"] == "caf\u00e9 \u00e9"
+
+
+def test_repr_and_missing_key_never_show_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = OpenAIProvider(api_key=SECRET)
+    assert SECRET not in repr(provider) and SECRET not in str(provider)
+    assert repr(provider) == "OpenAIProvider(name='openai', base_url='https://api.openai.com/v1')"
+
+
+async def test_missing_key_is_reported_at_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    provider = OpenAIProvider()  # building without a key is fine: `asyncbatch status` needs no key
+    with pytest.raises(AuthenticationError, match="OPENAI_API_KEY"):
+        await provider.retrieve("batch_1")
+    azure = AzureOpenAIProvider(base_url="https://r.openai.azure.com")
+    with pytest.raises(AuthenticationError, match="AZURE_OPENAI_API_KEY"):
+        await azure.retrieve("batch_1")
+    await provider.aclose()
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    async with stub_host({"GET /v1/batches/batch_1": json_handler(_batch_json("batch_1"))}) as host:
+        from_env = OpenAIProvider(base_url=host.url + "/v1")
+        assert (await from_env.retrieve("batch_1")).id == "batch_1"
+        assert host.seen[0].headers["authorization"] == f"Bearer {SECRET}"
+        await from_env.aclose()
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _listdir(path: Path) -> list[Path]:
+    return list(path.iterdir())
+
+
+def _batch_json(batch_id: str, created_at: float = 0, token: str | None = None, **extra: object) -> dict[str, object]:
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-1",
+        "completion_window": "24h",
+        "status": "in_progress",
+        "created_at": int(created_at),
+        "request_counts": {"total": 2, "completed": 1, "failed": 0},
+        "metadata": {TOKEN_KEY: token} if token else None,
+        **extra,
+    }
+
+
+# --- host variants over a recording stub (shapes the emulator does not speak) ----------------------------
+
+
+def _multipart_fields(body: bytes) -> dict[str, bytes]:
+    """name -> value of each part (enough for our two-field uploads)."""
+    boundary = body.split(b"\r\n", 1)[0]
+    fields = {}
+    for part in body.split(boundary)[1:-1]:
+        head, _, value = part.removeprefix(b"\r\n").removesuffix(b"\r\n").partition(b"\r\n\r\n")
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        fields[name] = value
+        if b'filename="' in head:
+            fields["filename"] = head.split(b'filename="', 1)[1].split(b'"', 1)[0]
+    return fields
+
+
+async def test_azure_api_version_routes(spool_dir: Path, workdir: Path) -> None:
+    output = b'{"id":"batch_req_1","custom_id":"a","response":{"status_code":200,"body":{}},"error":null}\n'
+
+    async def content(request: web.Request) -> web.Response:
+        return web.Response(body=output)
+
+    routes = {
+        "POST /openai/files": json_handler({"id": "file-az1", "object": "file", "purpose": "batch"}),
+        "POST /openai/batches": json_handler(_batch_json("batch_az", status="validating")),
+        "GET /openai/batches/batch_az": json_handler(
+            _batch_json("batch_az", created_at=0, status="Completed", output_file_id="file-out")
+            | {"created_at": "2026-01-01T00:00:00Z"}
+        ),
+        "GET /openai/files/file-out/content": content,
+    }
+    async with stub_host(routes) as host:
+        provider = AzureOpenAIProvider(api_key=SECRET, base_url=host.url, api_version="2024-10-21")
+        shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+        file_id = await provider.upload(shard)
+        created = await provider.create(shard, file_id)
+        batch = await provider.retrieve(created.id)
+        results = [r async for r in provider.results(batch, workdir)]
+        await provider.aclose()
+    assert host.paths() == [
+        "/openai/files",
+        "/openai/batches",
+        "/openai/batches/batch_az",
+        "/openai/files/file-out/content",
+    ]
+    for seen in host.seen:
+        assert seen.query == {"api-version": "2024-10-21"}
+        assert seen.headers["api-key"] == SECRET
+        assert "authorization" not in seen.headers
+    upload = _multipart_fields(host.seen[0].body)
+    assert upload["purpose"] == b"batch"
+    assert upload["filename"] == b"job_test-1.jsonl"
+    assert upload["file"] == _read(Path(shard.spool_path))
+    create_body = json.loads(host.seen[1].body)
+    assert create_body == {
+        "input_file_id": "file-az1",
+        "endpoint": "/chat/completions",
+        "completion_window": "24h",
+        "metadata": {TOKEN_KEY: shard.token},
+    }
+    assert batch.status is BatchStatus.COMPLETED and batch.raw_status == "Completed"
+    assert batch.created_at == 1767225600.0
+    assert [(r.wire_id, r.outcome) for r in results] == [("a", Outcome.SUCCEEDED)]
+
+
+async def test_groq_cursor_paging_and_bare_errors(spool_dir: Path) -> None:
+    provider_shard_token = "f" * 32
+    now = time.time()
+
+    async def listing(request: web.Request) -> web.Response:
+        if request.query.get("cursor") == "page2":
+            data = [_batch_json("batch_02", now - 5, token=provider_shard_token)]
+            return web.json_response({"object": "list", "data": data, "paging": {"next_cursor": None}})
+        data = [_batch_json("batch_01", now - 1, token="other")]
+        return web.json_response({"object": "list", "data": data, "paging": {"next_cursor": "page2"}})
+
+    failed = _batch_json("batch_03", status="failed") | {
+        "errors": [{"code": "invalid_json_line", "message": "bad line", "line": 3, "param": None}]
+    }
+    routes = {"GET /openai/v1/batches": listing, "GET /openai/v1/batches/batch_03": json_handler(failed)}
+    async with stub_host(routes) as host:
+        groq = OpenAIProvider(
+            name="groq", api_key="gsk", base_url=host.url + "/openai/v1", completion_windows=("24h", "7d")
+        )
+        shard = write_shard(groq, spool_dir, [chat("a", "hi")], token=provider_shard_token)
+        found = await groq.find(shard)
+        batch = await groq.retrieve("batch_03")
+        await groq.aclose()
+    assert found is not None and found.id == "batch_02" and found.token == provider_shard_token
+    assert [s.query for s in host.seen[:2]] == [{"limit": "100"}, {"limit": "100", "cursor": "page2"}]
+    assert batch.status is BatchStatus.FAILED
+    assert [(e.code, e.line) for e in batch.errors] == [("invalid_json_line", 3)]
+
+
+async def test_together_shapes(spool_dir: Path) -> None:
+    job = {
+        "id": "tb-1",
+        "status": "VALIDATING",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-t1",
+        "created_at": "2026-01-01T00:00:10Z",
+        "progress": 0,
+    }
+    routes = {
+        "POST /v1/files": json_handler({"id": "file-t1", "object": "file", "purpose": "batch-api"}),
+        "POST /v1/batches": json_handler({"job": job, "warning": None}),
+        "GET /v1/batches": json_handler([job | {"status": "IN_PROGRESS"}]),
+    }
+    async with stub_host(routes) as host:
+        together = OpenAIProvider(name="together", api_key="tk", base_url=host.url + "/v1", file_purpose="batch-api")
+        shard = write_shard(together, spool_dir, [chat("a", "hi")])
+        batch = await together.create(shard, await together.upload(shard))
+        assert await together.find(shard) is None  # Together keeps no metadata: nothing to match on
+        await together.aclose()
+    assert _multipart_fields(host.seen[0].body)["purpose"] == b"batch-api"
+    assert batch == RemoteBatch(
+        id="tb-1", status=BatchStatus.VALIDATING, raw_status="VALIDATING", created_at=1767225610.0
+    )
+    assert host.paths("GET") == ["/v1/batches"]  # a bare array is one page
+
+
+async def test_find_stops_paging_at_the_horizon(spool_dir: Path) -> None:
+    """Pages reach back one hour per page; the search must stop once past created_at - 10 min."""
+    now = time.time()
+    pages = {
+        None: [_batch_json(f"batch_{i:03}", now - i * 60, token="x") for i in range(0, 50)],
+        "batch_049": [_batch_json(f"batch_{i:03}", now - i * 60, token="x") for i in range(50, 100)],
+        "batch_099": [_batch_json(f"batch_{i:03}", now - i * 60, token="x") for i in range(100, 150)],
+    }
+
+    async def listing(request: web.Request) -> web.Response:
+        data = pages[request.query.get("after")]
+        return web.json_response({"object": "list", "data": data, "has_more": True, "last_id": data[-1]["id"]})
+
+    async with stub_host({"GET /v1/batches": listing}) as host:
+        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+        recent = write_shard(provider, spool_dir, [chat("a", "hi")], created_at=now - 30 * 60)
+        assert await provider.find(recent) is None
+        assert [s.query.get("after") for s in host.seen] == [None]  # page 1 already reaches past 40 min ago
+        host.seen.clear()
+        older = write_shard(provider, spool_dir, [chat("a", "hi")], created_at=now - 80 * 60)
+        assert await provider.find(older) is None
+        assert [s.query.get("after") for s in host.seen] == [None, "batch_049"]
+        await provider.aclose()
+
+
+async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, workdir: Path) -> None:
+    """A 20 MB output file is decoded with a few MB of peak memory; an early close still deletes it."""
+    import tracemalloc
+
+    big = tmp_path / "out.jsonl"
+    filler = "x" * 400
+    with big.open("wb") as out:
+        for i in range(40_000):
+            body = {"model": "m", "choices": [{"message": {"content": filler}}], "usage": {"prompt_tokens": i}}
+            line = {"id": f"batch_req_{i}", "custom_id": f"c{i}", "response": {"status_code": 200, "body": body}}
+            out.write(msgspec.json.encode(line) + b"\n")
+    size = big.stat().st_size
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(big)
+
+    routes = {"GET /v1/files/file-big/content": content}
+    batch = RemoteBatch(id="batch_big", status=BatchStatus.COMPLETED, raw_status="completed", output_file_id="file-big")
+    async with stub_host(routes) as host:
+        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+        tracemalloc.start()
+        count = tokens = 0
+        async for result in provider.results(batch, workdir):
+            count += 1
+            tokens += result.usage.input_tokens if result.usage else 0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert count == 40_000 and tokens == sum(range(40_000))
+        assert size > 18 * 2**20 and peak < 6 * 2**20, (size, peak)
+        assert _listdir(workdir) == []
+
+        stream = provider.results(batch, workdir)
+        first = await anext(stream)
+        assert first.wire_id == "c0" and len(_listdir(workdir)) == 1
+        await stream.aclose()
+        assert _listdir(workdir) == []
+        await provider.aclose()
