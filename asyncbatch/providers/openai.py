@@ -187,7 +187,7 @@ class _OutputLine(msgspec.Struct):
 
 
 _output_line = msgspec.json.Decoder(_OutputLine)
-_body_summary = msgspec.json.Decoder(_BodySummary | None)
+_body_summary = msgspec.json.Decoder(_BodySummary)
 _LINE_OUTCOMES = {"batch_expired": Outcome.EXPIRED, "batch_cancelled": Outcome.CANCELLED}
 
 
@@ -490,7 +490,6 @@ class OpenAIProvider:
     def _result_line(self, path: Path, number: int, raw: bytes) -> ResultLine:
         try:
             line = _output_line.decode(raw)
-            summary = _body_summary.decode(line.response.body) if line.response else None
         except msgspec.DecodeError as exc:
             raise ProviderError(f"{self.name} result file {path.name}, line {number}: {exc}") from None
         response = line.response
@@ -503,6 +502,7 @@ class OpenAIProvider:
                 error_message=line.error.message if line.error else None,
                 line_id=line.id,
             )
+        summary = _summarise(response.body)
         error = summary.error if summary and response.status_code >= 400 else None
         return ResultLine(
             wire_id=line.custom_id,
@@ -522,6 +522,14 @@ def _next_page(page: _BatchPage) -> dict[str, str] | None:
     if page.paging is not None:
         return {"cursor": page.paging.next_cursor} if page.paging.next_cursor else None
     return {"after": page.data[-1].id} if page.has_more and page.data else None
+
+
+def _summarise(body: msgspec.Raw) -> _BodySummary | None:
+    """The indexed fields of a body; a body of another shape (a bare string from a proxy) is only kept raw."""
+    try:
+        return _body_summary.decode(body)
+    except msgspec.DecodeError:
+        return None
 
 
 def _error_code(error: _BodyError | None) -> str | None:

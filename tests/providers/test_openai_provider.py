@@ -12,7 +12,7 @@ from aiohttp import web
 from openai_support import chat, json_handler, stub_host, write_shard
 
 from asyncbatch.errors import AuthenticationError, ValidationError
-from asyncbatch.model import BatchStatus, Outcome, Request
+from asyncbatch.model import BatchStatus, Outcome, Request, Usage
 from asyncbatch.providers.base import Provider, RemoteBatch
 from asyncbatch.providers.openai import TOKEN_KEY, AzureOpenAIProvider, OpenAIProvider
 
@@ -383,3 +383,77 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
         await stream.aclose()
         assert _listdir(workdir) == []
         await provider.aclose()
+
+
+async def test_result_lines_are_normalised(workdir: Path) -> None:
+    chat_body = {
+        "id": "chatcmpl-1",
+        "model": "gpt-5.4-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "positive"}}],
+        "usage": {"prompt_tokens": 14, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 8}},
+    }
+    responses_body = {"model": "gpt-5.4", "usage": {"input_tokens": 20, "output_tokens": 5}}
+    embedding_body = {"object": "list", "model": "text-embedding-3-small", "usage": {"prompt_tokens": 7}}
+    bad_request = {"error": {"message": "Invalid value", "type": "invalid_request_error", "code": None}}
+
+    def line(custom_id: str, status: int | None = None, body: object = None, error: str | None = None) -> bytes:
+        response = {"status_code": status, "request_id": f"req_{custom_id}", "body": body} if status else None
+        failure = {"code": error, "message": f"{error} happened"} if error else None
+        item = {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "response": response, "error": failure}
+        return msgspec.json.encode(item) + b"\n"
+
+    output = line("chat", 200, chat_body) + b"\n" + line("resp", 200, responses_body) + line("emb", 200, embedding_body)
+    errors = (
+        line("bad", 400, bad_request)
+        + line("boom", 500, "upstream said no")
+        + line("late", error="batch_expired")
+        + line("stop", error="batch_cancelled")
+        + line("odd", error="server_error")
+    )
+    files = {"file-out": output, "file-err": errors}
+
+    async def content(request: web.Request) -> web.Response:
+        return web.Response(body=files[request.match_info["tail"].split("/")[2]])
+
+    routes = {f"GET /v1/files/{name}/content": content for name in files}
+    batch = RemoteBatch(
+        id="batch_1",
+        status=BatchStatus.COMPLETED,
+        raw_status="completed",
+        output_file_id="file-out",
+        error_file_id="file-err",
+    )
+    async with stub_host(routes) as host:
+        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+        results = {r.wire_id: r async for r in provider.results(batch, workdir)}
+        await provider.aclose()
+    assert all(s.headers["accept"] == "application/binary" for s in host.seen)
+    assert list(results) == ["chat", "resp", "emb", "bad", "boom", "late", "stop", "odd"]
+    ok = results["chat"]
+    assert (ok.outcome, ok.status_code, ok.model, ok.request_id, ok.line_id) == (
+        Outcome.SUCCEEDED,
+        200,
+        "gpt-5.4-mini",
+        "req_chat",
+        "batch_req_chat",
+    )
+    assert ok.body is not None and msgspec.json.decode(ok.body) == chat_body
+    assert ok.usage == Usage(input_tokens=14, output_tokens=3, cached_input_tokens=8)
+    assert results["resp"].usage == Usage(input_tokens=20, output_tokens=5)
+    assert results["emb"].usage == Usage(input_tokens=7)
+    bad = results["bad"]
+    assert (bad.outcome, bad.status_code, bad.error_code, bad.error_message) == (
+        Outcome.ERRORED,
+        400,
+        "invalid_request_error",
+        "Invalid value",
+    )
+    boom = results["boom"]
+    assert (boom.outcome, boom.status_code, boom.error_code, boom.usage) == (Outcome.ERRORED, 500, None, None)
+    assert boom.body is not None and msgspec.json.decode(boom.body) == "upstream said no"
+    assert [(results[k].outcome, results[k].error_code, results[k].body) for k in ("late", "stop", "odd")] == [
+        (Outcome.EXPIRED, "batch_expired", None),
+        (Outcome.CANCELLED, "batch_cancelled", None),
+        (Outcome.FAILED, "server_error", None),
+    ]
+    assert results["odd"].error_message == "server_error happened"
