@@ -1,31 +1,255 @@
-"""The ``asyncbatch`` command line. Imports are lazy so that ``asyncbatch --help`` starts fast."""
+"""The ``asyncbatch`` command line.
+
+Imports of the engine are lazy so that ``asyncbatch --help`` starts fast. Every failure is one line on
+stderr and a non-zero exit, never a traceback; API keys come from the environment only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .manager import BatchManager
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncbatch", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="asyncbatch",
+        description="Durable client for LLM provider batch APIs (OpenAI, Anthropic) with a local SQLite job store.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--db", required=True, type=Path, help="SQLite job store file")
+        return p
+
+    p = with_db(sub.add_parser("submit", help="validate and store a JSONL file as a job; prints the job id"))
+    p.add_argument("file", type=Path, metavar="FILE.jsonl")
+    p.add_argument("--provider", default="openai", help="openai (default), azure or anthropic")
+    p.add_argument("--base-url", help="provider base URL (default: from the environment, else the public API)")
+    p.add_argument("--endpoint", help="every line must be for this endpoint (default: any, mixed allowed)")
+    p.add_argument("--completion-window", default="24h")
+    p.add_argument("--metadata", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--job-id", help="choose the job id (default: generated)")
+
+    p = with_db(sub.add_parser("run", help="drive unfinished jobs (or the named ones) to the end, resuming"))
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
+    p.add_argument("--max-poll-interval", type=float, default=300.0)
+    p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
+    p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
+
+    p = with_db(sub.add_parser("status", help="show a job's status and request counts"))
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = with_db(sub.add_parser("list", help="list the jobs in the store"))
+    p.add_argument("--json", action="store_true")
+
+    p = with_db(sub.add_parser("cancel", help="cancel a job (pending requests and live batches)"))
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    p = with_db(sub.add_parser("results", help="write the final result of every custom_id as JSONL"))
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.jsonl")
+    p.add_argument("--format", choices=["native", "openai"], default="native",
+                   help="response bodies as the provider sent them, or as OpenAI chat.completion bodies")
+    p.add_argument("--all-attempts", action="store_true", help="one line per attempt instead of the final one")
 
     emulator = sub.add_parser("emulator", help="run the local emulator of the provider batch APIs")
     from .emulator import cli as emulator_cli
 
     emulator_cli.configure_parser(emulator)
+
+    p = sub.add_parser("demo", help="a real job on the built-in emulator: no key, no network")
+    p.add_argument("--requests", type=int, default=1200)
+    p.add_argument("--dir", type=Path, default=Path("demo-output"), help="where the store and results go")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
     if args.command == "emulator":
         from .emulator import cli as emulator_cli
 
-        return emulator_cli.run(args)
-    raise AssertionError(f"unhandled command {args.command}")
+        return int(emulator_cli.run(args))
+    command: Callable[[argparse.Namespace], Awaitable[int]] = _COMMANDS[args.command]
+    try:
+        import anyio
 
+        return anyio.run(command, args)
+    except KeyboardInterrupt:
+        print("asyncbatch: interrupted; the store is consistent, run again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one line, no traceback: users see what to fix
+        from .errors import AsyncBatchError
+
+        if not isinstance(exc, AsyncBatchError | OSError | ValueError):
+            raise
+        print(f"asyncbatch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _configure_logging(verbose: int) -> None:
+    import logging
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _existing_store(path: Path) -> Path:
+    from .errors import StoreError
+
+    if not path.exists():
+        raise StoreError(f"no job store at {path}")
+    return path
+
+
+def _manager(args: argparse.Namespace, **options: Any) -> BatchManager:
+    from .manager import BatchManager
+
+    return BatchManager(_existing_store(args.db), **options)
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from .errors import ValidationError
+    from .manager import BatchManager
+    from .providers import create_provider
+
+    metadata: dict[str, str] = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"--metadata takes KEY=VALUE, got {item!r}", field="metadata")
+        metadata[key] = value
+    provider = create_provider(args.provider, base_url=args.base_url)
+    async with BatchManager(args.db, provider=provider) as bm:
+        job = await bm.submit(
+            args.file, endpoint=args.endpoint, completion_window=args.completion_window, metadata=metadata,
+            max_attempts=args.max_attempts, job_id=args.job_id,
+        )
+    print(f"stored {job.counts.total} requests as job {job.id}", file=sys.stderr)
+    print(job.id)
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    import signal
+
+    import anyio
+
+    from .model import JobStatus
+
+    async with _manager(
+        args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
+        max_requests_per_batch=args.max_requests_per_batch, max_bytes_per_batch=args.max_bytes_per_batch,
+    ) as bm:
+        stopped_by: list[str] = []
+
+        async def stop_on_signal(scope: anyio.CancelScope) -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    stopped_by.append(signal.Signals(signum).name)
+                    scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signal, tg.cancel_scope)
+            jobs = await bm.run(args.job_ids or None)
+            tg.cancel_scope.cancel()
+        if stopped_by:
+            print(f"asyncbatch: stopped by {stopped_by[0]}; the store is consistent, run again to resume",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        for job in jobs:
+            c = job.counts
+            print(f"{job.id} {job.status.value}: {c.completed} succeeded, {c.failed} failed, "
+                  f"{c.cancelled} cancelled of {c.total}")
+        return 0 if all(job.status in (JobStatus.DONE, JobStatus.CANCELLED) for job in jobs) else EXIT_ERROR
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    async with _manager(args) as bm:
+        job = await bm.status(args.job_id)
+        shards = await bm.shards(args.job_id)
+    if args.json:
+        payload = msgspec.to_builtins(job)
+        payload["batches"] = [
+            {"id": s.batch_id, "status": s.batch_status, "phase": s.phase, "requests": s.request_count,
+             "attempt": s.attempt}
+            for s in shards
+        ]
+        print(msgspec.json.encode(payload).decode())
+        return 0
+    c = job.counts
+    print(f"job {job.id} ({job.provider}, {job.endpoint}): {job.status.value}"
+          f"{' (cancel requested)' if job.cancel_requested and job.status.value != 'cancelled' else ''}")
+    print(f"  requests: {c.total} total, {c.completed} succeeded, {c.failed} failed, {c.in_flight} in flight, "
+          f"{c.pending} pending, {c.cancelled} cancelled")
+    for s in shards:
+        print(f"  shard {s.id} attempt {s.attempt}: {s.phase.value}, batch {s.batch_id or '-'} "
+              f"{s.batch_status.value if s.batch_status else ''} ({s.request_count} requests)")
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    import msgspec
+
+    async with _manager(args) as bm:
+        jobs = await bm.list_jobs()
+    if args.json:
+        print(msgspec.json.encode(jobs).decode())
+        return 0
+    for job in jobs:
+        c = job.counts
+        print(f"{job.id}\t{job.status.value}\t{job.provider}\t{c.completed}/{c.total} succeeded, {c.failed} failed")
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with _manager(args) as bm:
+        job = await bm.cancel(args.job_id)
+    print(f"{job.id}: cancel requested ({job.status.value}); `asyncbatch run` collects what already ran")
+    return 0
+
+
+async def _results(args: argparse.Namespace) -> int:
+    from .export import write_results
+
+    async with _manager(args) as bm:
+        count = await write_results(bm, args.job_id, args.output, fmt=args.format, all_attempts=args.all_attempts)
+    print(f"wrote {count} results to {args.output}", file=sys.stderr)
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return await run_demo(args.dir, requests=args.requests)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "submit": _submit,
+    "run": _run,
+    "status": _status,
+    "list": _list,
+    "cancel": _cancel,
+    "results": _results,
+    "demo": _demo,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,551 @@
+"""BatchManager: orchestration of jobs over a durable store and a provider.
+
+The manager never speaks HTTP and never writes SQL. It moves each shard through its phases
+(planned -> uploaded -> creating -> submitted -> ended -> ingested), committing every step before the
+next one touches the network, so that a process killed at any instant leaves a state that ``run()``
+continues from (design.md, invariants 1-8). One anyio task group per run, one task per live shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+
+from .errors import AsyncBatchError, BadRequestError, NotFoundError, ProviderError, ValidationError
+from .jsonl import SpoolWriter
+from .model import (
+    BatchStatus,
+    ErrorInfo,
+    Job,
+    JobStatus,
+    Outcome,
+    RequestState,
+    Result,
+    Shard,
+    ShardInfo,
+    ShardPhase,
+    Usage,
+)
+from .planner import RequestSource, Validator, check_metadata, validated_chunks
+from .providers import create_provider
+from .providers.base import BatchError, Provider, RemoteBatch, ResultLine, ShardLimits
+from .retry import RetryStrategy
+from .store import LeaseLostError, NewRequest, ResultRow, SQLiteStore, Store, StoredResult, new_owner
+
+log = logging.getLogger("asyncbatch")
+
+INGEST_CHUNK = 2000
+_TRANSIENT_BACKOFF_MAX = 60.0
+
+
+class BatchManager:
+    """Submit requests, drive them through provider batches, and read results back, durably.
+
+    ``db`` is the SQLite file of the job store (created when missing). ``provider`` serves new jobs and
+    the jobs in the store that were made with the same provider and base URL; other jobs in the store get
+    their provider back by name (``create_provider``) with keys from the environment.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | Store,
+        *,
+        provider: Provider | None = None,
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 300.0,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+        lease_seconds: float = 60.0,
+        spool_dir: str | os.PathLike[str] | None = None,
+        retry: RetryStrategy | None = None,
+    ) -> None:
+        self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
+        self._provider = provider
+        self._providers: dict[tuple[str, str | None], Provider] = {}
+        if provider is not None:
+            self._providers[(provider.name, provider.base_url)] = provider
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max(max_poll_interval, poll_interval)
+        self.max_requests_per_batch = max_requests_per_batch
+        self.max_bytes_per_batch = max_bytes_per_batch
+        self.lease_seconds = lease_seconds
+        self.retry = retry or RetryStrategy()
+        store_path = self.store.path
+        default_spool = Path(store_path + ".spool") if store_path != ":memory:" else Path(".asyncbatch-spool")
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
+        self.owner = new_owner()
+        self._wake = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"BatchManager({self.store.path!r})"
+
+    async def __aenter__(self) -> BatchManager:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for provider in self._providers.values():
+                await provider.aclose()
+            await self.store.close()
+
+    # --- providers -----------------------------------------------------------------------------------------
+
+    @property
+    def provider(self) -> Provider:
+        """The provider new jobs go to (OpenAI from the environment unless one was given)."""
+        if self._provider is None:
+            self._provider = create_provider("openai")
+            self._providers.setdefault((self._provider.name, self._provider.base_url), self._provider)
+        return self._provider
+
+    def provider_for(self, job: Job) -> Provider:
+        key = (job.provider, job.base_url)
+        if key not in self._providers:
+            self._providers[key] = create_provider(job.provider, base_url=job.base_url)
+        return self._providers[key]
+
+    def limits_for(self, provider: Provider) -> ShardLimits:
+        return ShardLimits(
+            max_requests=min(provider.limits.max_requests, self.max_requests_per_batch or provider.limits.max_requests),
+            max_bytes=min(provider.limits.max_bytes, self.max_bytes_per_batch or provider.limits.max_bytes),
+        )
+
+    # --- submitting ----------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        requests: RequestSource,
+        *,
+        endpoint: str | None = None,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        max_attempts: int = 3,
+        job_id: str | None = None,
+    ) -> Job:
+        """Validate and store a job; returns once every request is committed. Nothing is sent yet.
+
+        ``requests`` is a JSONL path, or an iterable / async iterable of OpenAI batch lines (dicts or
+        ``Request``s). With ``endpoint``, every line must be for it; without, a job may mix endpoints. Any
+        invalid request raises ``ValidationError`` naming its line and custom_id, and nothing is stored.
+        """
+        if not 1 <= max_attempts <= 50:
+            raise ValidationError("max_attempts must be between 1 and 50", field="max_attempts")
+        provider = self.provider
+        checker = getattr(provider, "check_job_options", None)
+        clean_metadata = check_metadata(metadata or {})
+        if checker is not None:
+            checker(completion_window, clean_metadata)
+        now = time.time()
+        job = Job(
+            id=job_id or f"job_{uuid.uuid4().hex[:24]}", provider=provider.name, base_url=provider.base_url,
+            endpoint=endpoint or "*", completion_window=completion_window, max_attempts=max_attempts,
+            metadata=clean_metadata, status=JobStatus.OPEN, created_at=now, updated_at=now,
+        )
+        validator = Validator(provider, endpoint)
+        count = await self.store.create_job(job, _non_empty(validated_chunks(requests, validator)))
+        log.info("job %s stored with %d requests", job.id, count)
+        return await self.store.get_job(job.id)
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> Job:
+        return await self.store.get_job(job_id)
+
+    async def list_jobs(self) -> list[Job]:
+        return await self.store.list_jobs()
+
+    async def shards(self, job_id: str) -> list[Shard]:
+        await self.store.get_job(job_id)
+        return await self.store.job_shards(job_id)
+
+    async def results(
+        self, job_id: str, *, all_attempts: bool = False, unconsumed: bool = False
+    ) -> AsyncIterator[Result]:
+        """Final result of every finished custom_id (or, with ``all_attempts``, every attempt), streamed.
+
+        With ``unconsumed=True`` only results not yet acknowledged with ``acknowledge`` are yielded: a worker
+        that is killed and restarted processes each result once.
+        """
+        job = await self.store.get_job(job_id)
+        if all_attempts:
+            after = (0, 0)
+            while rows := await self.store.attempt_results(job_id, after=after):
+                for row in rows:
+                    yield _to_result(row, job.provider)
+                after = (rows[-1].rid, rows[-1].attempt)
+            return
+        after_rid = 0
+        while rows := await self.store.final_results(job_id, after_rid=after_rid, unconsumed=unconsumed):
+            for row in rows:
+                yield _to_result(row, job.provider)
+            after_rid = rows[-1].rid
+
+    async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None:
+        """Mark results consumed (durably); ``results(unconsumed=True)`` will not yield them again."""
+        await self.store.acknowledge(job_id, custom_ids)
+
+    async def orphans(self, job_id: str) -> list[tuple[int, str, bytes]]:
+        """Result lines the provider returned for custom_ids the job does not know: (shard, id, line)."""
+        return await self.store.orphans(job_id)
+
+    # --- cancelling ----------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: pending requests end ``cancelled``, live provider batches are asked to cancel.
+
+        Results of requests that already ran are kept; ``run()`` collects them and ends the job.
+        """
+        job = await self.store.get_job(job_id)
+        if job.status.is_terminal:
+            return job
+        remote = await self.store.request_cancel(job_id)
+        provider = self.provider_for(job)
+        for shard in remote:
+            if shard.batch_id is not None and not (shard.batch_status and shard.batch_status.is_terminal):
+                try:
+                    await provider.cancel(shard.batch_id)
+                except ProviderError as exc:  # the runner asks again when it polls
+                    log.warning("cancel of batch %s failed: %s", shard.batch_id, exc)
+        if not await self.store.job_has_live_work(job_id):
+            await self.store.set_job_status(job_id, JobStatus.CANCELLED)
+        return await self.store.get_job(job_id)
+
+    # --- running -------------------------------------------------------------------------------------------
+
+    async def wait(self, job_id: str) -> Job:
+        """Drive one job to its end and return it."""
+        await self.run([job_id])
+        return await self.store.get_job(job_id)
+
+    async def resume(self) -> list[Job]:
+        """Continue every unfinished job in the store (whatever an earlier process left) to its end."""
+        return await self.run()
+
+    async def run(self, job_ids: Sequence[str] | None = None) -> list[Job]:
+        """Drive the named jobs (default: every unfinished one) to their end; returns them."""
+        if job_ids is None:
+            job_ids = [job.id for job in await self.store.list_jobs() if not job.status.is_terminal]
+        else:
+            for job_id in job_ids:
+                await self.store.get_job(job_id)  # unknown ids fail now, not halfway
+        remaining = set(job_ids)
+        active: set[int] = set()
+        try:
+            async with anyio.create_task_group() as tg:
+                while remaining:
+                    for job_id in sorted(remaining):
+                        if await self._step(job_id, tg, active):
+                            remaining.discard(job_id)
+                    if not remaining:
+                        break
+                    with anyio.move_on_after(min(self.lease_seconds / 3, 5.0)):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return [await self.store.get_job(job_id) for job_id in job_ids]
+
+    async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: set[int]) -> bool:
+        """Plan, claim and finish what can be for one job; True once the job has ended."""
+        job = await self.store.get_job(job_id, with_counts=False)
+        if job.status.is_terminal:
+            return True
+        if job.status is JobStatus.OPEN:
+            await self.store.set_job_status(job_id, JobStatus.RUNNING)
+        provider = self.provider_for(job)
+        if not job.cancel_requested:
+            await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id)
+        for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
+            if shard_id not in active:
+                active.add(shard_id)
+                tg.start_soon(self._shard_task, job_id, shard_id, active)
+        if active or await self.store.job_has_live_work(job_id):
+            return False
+        final = JobStatus.CANCELLED if job.cancel_requested else JobStatus.DONE
+        await self.store.set_job_status(job_id, final)
+        log.info("job %s %s", job_id, final.value)
+        return True
+
+    async def _shard_task(self, job_id: str, shard_id: int, active: set[int]) -> None:
+        try:
+            await _ShardRunner(self, job_id, shard_id).drive()
+        except LeaseLostError as exc:
+            log.info("%s", exc)
+        finally:
+            active.discard(shard_id)
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(AsyncBatchError):
+                    await self.store.release(shard_id, self.owner)
+            self._wake.set()
+
+    def spool_path(self, shard: Shard) -> Path:
+        return self.spool_dir / shard.job_id / f"shard-{shard.id}.jsonl"
+
+
+class _ShardRunner:
+    """Moves one leased shard through its phases until it is ingested (or abandoned)."""
+
+    def __init__(self, manager: BatchManager, job_id: str, shard_id: int) -> None:
+        self.m = manager
+        self.store = manager.store
+        self.job_id = job_id
+        self.shard_id = shard_id
+        self.owner = manager.owner
+        self._reconcile = True  # a shard found in `creating` may have a batch already: look before creating
+        self._lease_renewed = time.monotonic()
+
+    async def drive(self) -> None:
+        job = await self.store.get_job(self.job_id, with_counts=False)
+        provider = self.m.provider_for(job)
+        while True:
+            shard = await self.store.get_shard(self.shard_id)
+            phase = shard.phase
+            if not phase.is_live:
+                return
+            try:
+                if phase is ShardPhase.PLANNED:
+                    await self._upload(job, provider, shard)
+                elif phase in (ShardPhase.UPLOADED, ShardPhase.CREATING):
+                    await self._create(job, provider, shard)
+                elif phase is ShardPhase.SUBMITTED:
+                    await self._poll(provider, shard)
+                elif phase is ShardPhase.ENDED:
+                    await self._ingest(job, provider, shard)
+            except BadRequestError as exc:
+                if phase not in (ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING):
+                    raise
+                log.warning("shard %s rejected by the provider: %s", shard.id, exc)
+                errors = [BatchError(code=exc.code or "rejected", message=str(exc))]
+                await self.store.shard_abandoned(shard.id, errors, self.m.retry.settle_rejected(errors))
+
+    async def _renew(self) -> None:
+        if time.monotonic() - self._lease_renewed > self.m.lease_seconds / 3:
+            await self.store.renew_lease(self.shard_id, self.owner, self.m.lease_seconds)
+            self._lease_renewed = time.monotonic()
+
+    async def _transient(self, exc: ProviderError, attempt: int) -> None:
+        """A provider call failed even after the HTTP layer's retries: wait, keep the lease, try again."""
+        if not exc.retryable:
+            raise exc
+        delay = min(2.0 ** attempt, _TRANSIENT_BACKOFF_MAX) * (0.75 + random.random() / 2)
+        log.warning("shard %s: %s; trying again in %.1fs", self.shard_id, exc, delay)
+        await anyio.sleep(delay)
+        await self._renew()
+
+    def _info(self, job: Job, shard: Shard, spool: Path) -> ShardInfo:
+        return ShardInfo(
+            id=shard.id, job_id=shard.job_id, token=shard.token, endpoint=shard.endpoint, model=shard.model,
+            request_count=shard.request_count, bytes=shard.bytes, spool_path=str(spool),
+            completion_window=job.completion_window, metadata=job.metadata,
+            created_at=shard.creating_at or shard.created_at,
+        )
+
+    async def _spool(self, provider: Provider, shard: Shard) -> Path:
+        """The shard's input file, rebuilt from the store when missing (it is deterministic)."""
+        path = self.m.spool_path(shard)
+        if path.exists():
+            return path
+        async with SpoolWriter(path) as writer:
+            async for rows in self.store.spool_rows(shard.id):
+                await writer.write([provider.encode_line(wire, url, body) for wire, url, body in rows])
+        return path
+
+    async def _upload(self, job: Job, provider: Provider, shard: Shard) -> None:
+        spool = await self._spool(provider, shard)
+        attempt = 0
+        while True:
+            try:
+                file_id = await provider.upload(self._info(job, shard, spool))
+                break
+            except ProviderError as exc:
+                await self._transient(exc, attempt)
+                attempt += 1
+        await self.store.shard_uploaded(shard.id, self.owner, file_id)
+
+    async def _create(self, job: Job, provider: Provider, shard: Shard) -> None:
+        if shard.phase is ShardPhase.UPLOADED:
+            await self.store.shard_creating(shard.id, self.owner)
+            shard = await self.store.get_shard(shard.id)
+            self._reconcile = False  # we just entered `creating`: nothing can exist yet
+        spool = await self._spool(provider, shard)
+        info = self._info(job, shard, spool)
+        attempt = 0
+        while True:
+            try:
+                remote = await provider.find(info) if self._reconcile else None
+                if remote is not None:
+                    log.info("shard %s: adopted batch %s created before a crash", shard.id, remote.id)
+                elif (await self.store.get_job(self.job_id, with_counts=False)).cancel_requested:
+                    await self.store.shard_abandoned(shard.id, [], self.m.retry.settle_unreported(
+                        RemoteBatch(id="", status=BatchStatus.CANCELLED, raw_status="cancelled"),
+                        max_attempts=job.max_attempts, cancel_requested=True))
+                    spool.unlink(missing_ok=True)
+                    return
+                else:
+                    remote = await provider.create(info, shard.file_id)
+                break
+            except ProviderError as exc:
+                self._reconcile = True  # an ambiguous failure may have created the batch
+                await self._transient(exc, attempt)
+                attempt += 1
+        await self.store.shard_submitted(shard.id, self.owner, remote)
+        spool.unlink(missing_ok=True)
+
+    async def _poll(self, provider: Provider, shard: Shard) -> None:
+        assert shard.batch_id is not None
+        interval = self.m.poll_interval
+        cancel_sent = False
+        submitted_at = time.time()
+        attempt = 0
+        last: tuple[str, dict[str, int]] | None = None
+        while True:
+            job = await self.store.get_job(self.job_id, with_counts=False)
+            try:
+                remote = await provider.retrieve(shard.batch_id)
+                if job.cancel_requested and not cancel_sent and not remote.status.is_terminal:
+                    remote = await provider.cancel(shard.batch_id)
+                    cancel_sent = True
+            except NotFoundError:
+                if time.time() - submitted_at > provider.visibility_grace:
+                    raise
+                remote = None  # just created and not visible yet (Anthropic's eventual consistency)
+            except ProviderError as exc:
+                await self._transient(exc, attempt)
+                attempt += 1
+                continue
+            attempt = 0
+            if remote is not None:
+                seen = (remote.status.value, remote.counts)
+                if seen != last or remote.status.is_terminal:
+                    await self.store.shard_polled(shard.id, self.owner, remote)
+                    if seen != last:
+                        interval = self.m.poll_interval  # something moves: look again soon
+                    last = seen
+                if remote.status.is_terminal:
+                    return
+            await self._renew()
+            await anyio.sleep(interval * (0.8 + 0.4 * random.random()))
+            interval = min(interval * 1.5, self.m.max_poll_interval)
+
+    async def _ingest(self, job: Job, provider: Provider, shard: Shard) -> None:
+        """Stream the results into the store in chunks; the shard is marked ingested with the last one."""
+        assert shard.batch_id is not None and shard.batch_status is not None
+        remote = RemoteBatch(
+            id=shard.batch_id, status=shard.batch_status, raw_status=shard.batch_status.value,
+            counts=shard.provider_counts, output_file_id=shard.output_file_id, error_file_id=shard.error_file_id,
+            errors=msgspec.convert(shard.errors, list[BatchError]),
+        )
+        members = await self.store.member_requests(shard.id)
+        workdir = self.m.spool_dir / shard.job_id / "downloads"
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        retry = self.m.retry
+        attempt = 0
+        while True:
+            seen: set[str] = set()
+            rows: list[ResultRow] = []
+            orphans: list[tuple[str, bytes]] = []
+            try:
+                async for line in provider.results(remote, workdir):
+                    member = members.get(line.wire_id)
+                    if member is None or line.wire_id in seen:
+                        orphans.append((line.wire_id, msgspec.json.encode(line)))
+                        continue
+                    seen.add(line.wire_id)
+                    rid, request_attempt = member
+                    verdict = retry.classify(line)
+                    state = retry.state_after(verdict, attempt=request_attempt, max_attempts=job.max_attempts,
+                                              cancel_requested=job.cancel_requested)
+                    rows.append(_result_row(rid, request_attempt, state, line))
+                    if len(rows) >= INGEST_CHUNK:
+                        await self.store.ingest(shard.id, self.owner, rows, orphans)
+                        rows, orphans = [], []
+                        await self._renew()
+                break
+            except ProviderError as exc:
+                await self._transient(exc, attempt)
+                attempt += 1
+        job = await self.store.get_job(self.job_id, with_counts=False)
+        finish = retry.settle_unreported(remote, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested)
+        await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
+        if orphans:
+            log.warning("shard %s: %d result lines for unknown custom_ids kept aside", shard.id, len(orphans))
+
+
+async def _non_empty(chunks: AsyncIterator[list[NewRequest]]) -> AsyncIterator[list[NewRequest]]:
+    """Pass chunks through; a job without a single request is an input error, not an empty job."""
+    empty = True
+    async for chunk in chunks:
+        empty = empty and not chunk
+        yield chunk
+    if empty:
+        raise ValidationError("the input holds no requests")
+
+
+def _result_row(rid: int, attempt: int, state: RequestState, line: ResultLine) -> ResultRow:
+    usage = line.usage
+    return ResultRow(
+        rid=rid, attempt=attempt, outcome=line.outcome, state=state, status_code=line.status_code,
+        body=bytes(line.body) if line.body is not None else None, error_code=line.error_code,
+        error_message=line.error_message,
+        input_tokens=usage.input_tokens if usage else None, output_tokens=usage.output_tokens if usage else None,
+        cached_tokens=usage.cached_input_tokens if usage else None, model=line.model, request_id=line.request_id,
+        line_id=line.line_id,
+    )
+
+
+def _to_result(row: StoredResult, provider: str) -> Result:
+    body: Any = msgspec.json.decode(row.body) if row.body is not None else None
+    error: ErrorInfo | None = None
+    if row.state is not RequestState.SUCCEEDED:
+        code = row.request_error_code or row.error_code or (f"http_{row.status_code}" if row.status_code else None)
+        message = row.request_error_message or row.error_message or ""
+        if not message and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message = str(body["error"].get("message", ""))
+        error = ErrorInfo(code=code or "failed", message=message)
+    usage = None
+    if row.input_tokens is not None or row.output_tokens is not None:
+        usage = Usage(input_tokens=row.input_tokens or 0, output_tokens=row.output_tokens or 0,
+                      cached_input_tokens=row.cached_tokens or 0)
+    return Result(
+        custom_id=row.custom_id, status=row.state, attempt=row.attempt,
+        outcome=Outcome(row.outcome) if row.outcome else None, status_code=row.status_code, body=body, error=error,
+        usage=usage, model=row.model, batch_id=row.batch_id, request_id=row.request_id, provider=provider,
+    )
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error a caller should see from a failed run: ours first, then anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, AsyncBatchError):
+            return leaf
+    return leaves[0]

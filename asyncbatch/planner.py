@@ -1,0 +1,191 @@
+"""Validation of incoming requests, before anything is stored or sent.
+
+Every request is checked here (shape, custom_id, method, url, body, then the provider's own rules) and
+turned into a ``NewRequest`` carrying its raw body bytes: the body is stored as given, never re-encoded.
+Sharding itself happens in the store (``plan_shards``), where the pending requests are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from .errors import JSONLError, ValidationError
+from .jsonl import read_chunks
+from .model import Request
+from .providers.base import Provider
+from .store.base import NewRequest
+
+MAX_CUSTOM_ID = 512
+MAX_METADATA_PAIRS = 15  # OpenAI allows 16; one is ours (the shard token)
+NATIVE_MESSAGES_URL = "/v1/messages"  # a native Anthropic `{custom_id, params}` line is stored under this url
+_LINE_OVERHEAD = 64  # JSON keys and punctuation around custom_id, url and body in a spooled line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_AT_PATH = re.compile(r"at `\$\.?([^`]*)`")
+
+RequestSource = str | os.PathLike[str] | Iterable[Request | Mapping[str, Any]] | AsyncIterable[
+    Request | Mapping[str, Any]
+]
+
+
+class _InputLine(msgspec.Struct, forbid_unknown_fields=True):
+    """One input line: an OpenAI batch line, or a native Anthropic ``{custom_id, params}`` line."""
+
+    custom_id: str | None = None
+    method: str | None = None
+    url: str | None = None
+    body: msgspec.Raw = msgspec.Raw()  # empty when absent (msgspec cannot decode `Raw | None`)
+    params: msgspec.Raw = msgspec.Raw()
+
+
+_decoder = msgspec.json.Decoder(_InputLine)
+
+
+class Validator:
+    """Checks requests for one job: against the job's endpoint (if it has one) and the provider."""
+
+    def __init__(self, provider: Provider, endpoint: str | None) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+
+    def from_line(self, number: int, raw: bytes) -> NewRequest:
+        try:
+            parsed = _decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            field = _field_of(str(exc))
+            raise JSONLError(f"invalid request line: {exc}", line=number, field=field) from None
+        except msgspec.DecodeError as exc:
+            if not raw.lstrip().startswith(b"{"):
+                raise JSONLError("each line must be one JSON object", line=number) from None
+            raise JSONLError(f"malformed JSON: {exc}", line=number) from None
+        return self._validate(number, parsed)
+
+    def from_request(self, number: int, item: Request | Mapping[str, Any]) -> NewRequest:
+        if isinstance(item, Request):
+            parsed = _InputLine(
+                custom_id=item.custom_id, method=item.method, url=item.url,
+                body=msgspec.Raw(msgspec.json.encode(item.body)),
+            )
+        elif isinstance(item, Mapping):
+            try:
+                parsed = msgspec.json.decode(msgspec.json.encode(item), type=_InputLine)
+            except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
+                raise ValidationError(f"invalid request: {exc}", line=number, field=_field_of(str(exc))) from None
+        else:
+            raise ValidationError(
+                f"expected a Request or a mapping, got {type(item).__name__}", line=number
+            )
+        return self._validate(number, parsed)
+
+    def _validate(self, number: int, line: _InputLine) -> NewRequest:
+        custom_id = line.custom_id
+        if custom_id is None:
+            raise ValidationError("custom_id is missing", line=number, field="custom_id")
+        if not custom_id.strip():
+            raise ValidationError("custom_id is empty", line=number, field="custom_id")
+        if len(custom_id) > MAX_CUSTOM_ID:
+            raise ValidationError(
+                f"custom_id is longer than {MAX_CUSTOM_ID} characters", line=number, custom_id=custom_id[:40] + "...",
+                field="custom_id",
+            )
+        if _CONTROL.search(custom_id):
+            raise ValidationError("custom_id contains control characters", line=number, custom_id=custom_id,
+                                  field="custom_id")
+
+        def fail(message: str, field: str) -> ValidationError:
+            return ValidationError(message, line=number, custom_id=custom_id, field=field)
+
+        if line.params:
+            if line.body or line.url is not None or line.method is not None:
+                raise fail("a line has either `params` (Anthropic format) or method/url/body (OpenAI format)",
+                           "params")
+            url: str | None = NATIVE_MESSAGES_URL
+            raw_body = line.params
+        else:
+            if line.method is not None and line.method != "POST":
+                raise fail(f"method must be POST, got {line.method!r}", "method")
+            url = line.url if line.url is not None else self.endpoint
+            if url is None:
+                raise fail("url is missing (and the job has no endpoint)", "url")
+            if self.endpoint is not None and url != self.endpoint:
+                raise fail(f"url {url!r} does not match the job's endpoint {self.endpoint!r}", "url")
+            if not line.body:
+                raise fail("body is missing", "body")
+            raw_body = line.body
+        body_bytes = bytes(raw_body)
+        try:
+            body = msgspec.json.decode(body_bytes)
+        except msgspec.DecodeError as exc:
+            raise fail(f"body is not valid JSON: {exc}", "body") from None
+        if not isinstance(body, dict):
+            raise fail(f"body must be a JSON object, got {type(body).__name__}", "body")
+        assert url is not None
+        request = Request(custom_id=custom_id, body=body, url=url)
+        try:
+            self.provider.check(request)
+        except ValidationError as exc:
+            raise type(exc)(exc.reason, line=number, custom_id=custom_id, field=exc.field) from None
+        size = len(body_bytes) + len(custom_id.encode()) + len(url) + _LINE_OVERHEAD
+        return NewRequest(
+            custom_id=custom_id, url=url, model=self.provider.model_of(request), body=body_bytes, size=size,
+            line=number,
+        )
+
+
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Batch metadata as the providers accept it (OpenAI's rules: the strictest)."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise ValidationError(f"metadata has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed",
+                              field="metadata")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValidationError("metadata keys and values must be strings", field=f"metadata.{key}")
+        if len(key) > 64 or len(value) > 512:
+            raise ValidationError("metadata keys are at most 64 characters, values at most 512",
+                                  field=f"metadata.{key}")
+    return dict(metadata)
+
+
+async def validated_chunks(
+    source: RequestSource, validator: Validator, *, chunk: int = 5000
+) -> AsyncIterator[list[NewRequest]]:
+    """Validate ``source`` (a JSONL path, or an iterable / async iterable of requests) chunk by chunk."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not await anyio.Path(path).is_file():
+            raise JSONLError(f"no such file: {os.fspath(path)!r}")
+        async for lines in read_chunks(path, chunk_lines=chunk):
+            yield [validator.from_line(number, raw) for number, raw in lines]
+        return
+    batch: list[NewRequest] = []
+    number = 0
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            number += 1
+            batch.append(validator.from_request(number, item))
+            if len(batch) >= chunk:
+                yield batch
+                batch = []
+    else:
+        for item in source:
+            number += 1
+            batch.append(validator.from_request(number, item))
+            if len(batch) >= chunk:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _field_of(message: str) -> str | None:
+    match = _AT_PATH.search(message)
+    if match:
+        return match.group(1) or None
+    unknown = re.search(r"unknown field `([^`]+)`", message)
+    return unknown.group(1) if unknown else None

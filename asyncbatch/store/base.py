@@ -1,0 +1,162 @@
+"""What the engine needs from a job store, and the rows that cross that boundary.
+
+The manager talks to a ``Store``; ``SQLiteStore`` is the implementation (a file, or ``":memory:"`` for
+throwaway runs). The store knows nothing of providers beyond the normalised values in ``providers.base``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from ..errors import StoreError
+from ..model import Job, JobStatus, Outcome, RequestCounts, RequestState, Shard
+from ..providers.base import BatchError, RemoteBatch, ShardLimits
+
+WireIdFn = Callable[[str, int, str], str]
+"""(custom_id, rid, shard token) -> the custom_id the provider sees (``Provider.wire_id``)."""
+
+
+class LeaseLostError(StoreError):
+    """Another worker holds the shard now (or it moved on); this worker must stop touching it."""
+
+
+class NewRequest(msgspec.Struct, kw_only=True):
+    """A validated request on its way into the store. ``line`` is kept for error messages only."""
+
+    custom_id: str
+    url: str
+    model: str | None
+    body: bytes
+    size: int
+    line: int
+
+
+class PlannedShard(msgspec.Struct, kw_only=True):
+    endpoint: str
+    model: str | None
+    request_count: int
+    bytes: int
+    id: int = 0
+    token: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class Settlement(msgspec.Struct, kw_only=True, frozen=True):
+    """What becomes of the members of a shard that got no result: re-queued (``pending``, while attempts
+    remain, else ``failed``), or ended in ``state``, with the reason."""
+
+    state: RequestState
+    error_code: str
+    error_message: str
+    max_attempts: int = 1
+
+
+class ResultRow(msgspec.Struct, kw_only=True):
+    """One result to upsert, with the request state it leads to."""
+
+    rid: int
+    attempt: int
+    outcome: Outcome
+    state: RequestState
+    status_code: int | None = None
+    body: bytes | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    model: str | None = None
+    request_id: str | None = None
+    line_id: str | None = None
+
+    @property
+    def final_error_code(self) -> str | None:
+        return None if self.state is RequestState.SUCCEEDED else self.error_code
+
+    @property
+    def final_error_message(self) -> str | None:
+        return None if self.state is RequestState.SUCCEEDED else self.error_message
+
+    def result_tuple(self, shard_id: int) -> tuple[object, ...]:
+        return (
+            self.rid, self.attempt, shard_id, self.outcome.value, self.status_code, self.body, self.error_code,
+            self.error_message, self.input_tokens, self.output_tokens, self.cached_tokens, self.model,
+            self.request_id, self.line_id,
+        )
+
+
+class StoredResult(msgspec.Struct, kw_only=True):
+    """A request joined with one of its results, as read back from the store."""
+
+    rid: int
+    custom_id: str
+    state: RequestState
+    attempt: int
+    request_error_code: str | None
+    request_error_message: str | None
+    outcome: str | None
+    status_code: int | None
+    body: bytes | None
+    error_code: str | None
+    error_message: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_tokens: int | None
+    model: str | None
+    request_id: str | None
+    line_id: str | None
+    batch_id: str | None
+
+
+class Store(Protocol):
+    """The durable job store the manager drives (see SQLiteStore for the semantics of each call)."""
+
+    path: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def integrity_check(self) -> str: ...
+
+    async def create_job(self, job: Job, chunks: AsyncIterator[Sequence[NewRequest]]) -> int: ...
+    async def get_job(self, job_id: str, *, with_counts: bool = ...) -> Job: ...
+    async def list_jobs(self) -> list[Job]: ...
+    async def counts(self, job_id: str) -> RequestCounts: ...
+    async def set_job_status(self, job_id: str, status: JobStatus) -> bool: ...
+    async def request_cancel(self, job_id: str) -> list[Shard]: ...
+    async def job_has_live_work(self, job_id: str) -> bool: ...
+
+    async def plan_shards(self, job: Job, limits: ShardLimits, wire_id: WireIdFn) -> list[PlannedShard]: ...
+    async def claim_shards(self, job_id: str, owner: str, lease_seconds: float) -> list[int]: ...
+    async def renew_lease(self, shard_id: int, owner: str, lease_seconds: float) -> None: ...
+    async def release(self, shard_id: int, owner: str) -> None: ...
+    async def get_shard(self, shard_id: int) -> Shard: ...
+    async def job_shards(self, job_id: str) -> list[Shard]: ...
+    def spool_rows(self, shard_id: int, chunk: int = ...) -> AsyncIterator[list[tuple[str, str, bytes]]]: ...
+    async def shard_uploaded(self, shard_id: int, owner: str, file_id: str | None) -> None: ...
+    async def shard_creating(self, shard_id: int, owner: str) -> float: ...
+    async def shard_submitted(self, shard_id: int, owner: str, batch: RemoteBatch) -> None: ...
+    async def shard_polled(self, shard_id: int, owner: str, batch: RemoteBatch) -> None: ...
+    async def shard_abandoned(self, shard_id: int, errors: list[BatchError], settle: Settlement) -> None: ...
+
+    async def member_requests(self, shard_id: int) -> dict[str, tuple[int, int]]: ...
+    async def ingest(
+        self,
+        shard_id: int,
+        owner: str,
+        results: Iterable[ResultRow],
+        orphans: Iterable[tuple[str, bytes]] = ...,
+        *,
+        finish: Settlement | None = None,
+    ) -> None: ...
+
+    async def final_results(
+        self, job_id: str, *, after_rid: int = ..., limit: int = ..., unconsumed: bool = ...
+    ) -> list[StoredResult]: ...
+    async def attempt_results(
+        self, job_id: str, *, after: tuple[int, int] = ..., limit: int = ...
+    ) -> list[StoredResult]: ...
+    async def orphans(self, job_id: str) -> list[tuple[int, str, bytes]]: ...
+    async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None: ...

@@ -1,0 +1,165 @@
+-- Named queries of the SQLite store. `-- name: x` starts query x; asyncbatch.store.sql loads them.
+
+-- name: insert_job
+INSERT INTO jobs (id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status,
+                  cancel_requested, created_at, updated_at)
+VALUES (:id, :provider, :base_url, :endpoint, :completion_window, :max_attempts, :metadata, :status, 0,
+        :created_at, :updated_at);
+
+-- name: insert_request
+INSERT INTO requests (job_id, custom_id, url, model, body, size) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id, custom_id) DO NOTHING;
+
+-- name: get_job
+SELECT id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
+       created_at, updated_at
+FROM jobs WHERE id = ?;
+
+-- name: list_jobs
+SELECT id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
+       created_at, updated_at
+FROM jobs ORDER BY created_at, id;
+
+-- name: count_states
+SELECT state, COUNT(*) FROM requests WHERE job_id = ? GROUP BY state;
+
+-- name: set_job_status
+UPDATE jobs SET status = ?, updated_at = ? WHERE id = ? AND status != ?;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?;
+
+-- name: cancel_pending
+UPDATE requests SET state = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by the user'
+WHERE job_id = ? AND state = 'pending';
+
+-- name: pending_for_planning
+SELECT rid, custom_id, url, model, size, attempts FROM requests
+WHERE job_id = ? AND state = 'pending' ORDER BY url, model, rid;
+
+-- name: insert_shard
+INSERT INTO shards (job_id, attempt, token, phase, endpoint, model, request_count, bytes, created_at)
+VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?);
+
+-- name: insert_member
+INSERT INTO shard_members (shard_id, wire_id, rid, attempt) VALUES (?, ?, ?, ?);
+
+-- name: assign_request
+UPDATE requests SET state = 'in_flight', shard_id = ?, attempts = attempts + 1 WHERE rid = ?;
+
+-- name: claimable_shards
+SELECT id, lease_owner, lease_expires FROM shards
+WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned');
+
+-- name: claim_shard
+UPDATE shards SET lease_owner = :owner, lease_expires = :expires
+WHERE id = :id AND phase NOT IN ('ingested', 'abandoned')
+  AND (lease_owner IS NULL OR lease_owner = :owner OR lease_expires < :now OR lease_owner = :dead);
+
+-- name: renew_lease
+UPDATE shards SET lease_expires = ? WHERE id = ? AND lease_owner = ?;
+
+-- name: release_lease
+UPDATE shards SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?;
+
+-- name: get_shard
+SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+FROM shards WHERE id = ?;
+
+-- name: job_shards
+SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+FROM shards WHERE job_id = ? ORDER BY id;
+
+-- name: spool_rows
+SELECT m.wire_id, r.url, r.body FROM shard_members m JOIN requests r ON r.rid = m.rid
+WHERE m.shard_id = ? ORDER BY m.rid;
+
+-- name: shard_uploaded
+UPDATE shards SET phase = 'uploaded', file_id = ? WHERE id = ? AND lease_owner = ? AND phase = 'planned';
+
+-- name: shard_creating
+UPDATE shards SET phase = 'creating', creating_at = ? WHERE id = ? AND lease_owner = ? AND phase = 'uploaded';
+
+-- name: shard_submitted
+UPDATE shards SET phase = 'submitted', batch_id = ?, batch_status = ?, provider_counts = ?, errors = ?
+WHERE id = ? AND lease_owner = ? AND phase = 'creating';
+
+-- name: shard_polled
+UPDATE shards SET batch_status = ?, provider_counts = ?, errors = ?, output_file_id = ?, error_file_id = ?
+WHERE id = ? AND lease_owner = ? AND phase = 'submitted';
+
+-- name: shard_ended
+UPDATE shards SET phase = 'ended', ended_at = ?
+WHERE id = ? AND lease_owner = ? AND phase = 'submitted';
+
+-- name: shard_ingested
+UPDATE shards SET phase = 'ingested', lease_owner = NULL, lease_expires = NULL
+WHERE id = ? AND lease_owner = ? AND phase = 'ended';
+
+-- name: shard_abandoned
+UPDATE shards SET phase = 'abandoned', errors = ?, lease_owner = NULL, lease_expires = NULL
+WHERE id = ? AND phase IN ('planned', 'uploaded', 'creating');
+
+-- name: member_requests
+SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = ?;
+
+-- name: upsert_result
+INSERT INTO results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
+                     input_tokens, output_tokens, cached_tokens, model, request_id, line_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (rid, attempt) DO UPDATE SET
+    shard_id = excluded.shard_id, outcome = excluded.outcome, status_code = excluded.status_code,
+    body = excluded.body, error_code = excluded.error_code, error_message = excluded.error_message,
+    input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+    cached_tokens = excluded.cached_tokens, model = excluded.model, request_id = excluded.request_id,
+    line_id = excluded.line_id;
+
+-- name: settle_request
+UPDATE requests SET state = ?, error_code = ?, error_message = ?
+WHERE rid = ? AND shard_id = ? AND state = 'in_flight';
+
+-- name: upsert_orphan
+INSERT OR REPLACE INTO orphan_results (shard_id, wire_id, line) VALUES (?, ?, ?);
+
+-- name: cancel_shard_members
+UPDATE requests SET state = ?, error_code = ?, error_message = ?
+WHERE shard_id = ? AND state = 'in_flight';
+
+-- name: requeue_shard_members
+UPDATE requests SET state = CASE WHEN attempts < ? THEN 'pending' ELSE 'failed' END,
+                    error_code = ?, error_message = ?
+WHERE shard_id = ? AND state = 'in_flight';
+
+-- name: live_work
+SELECT
+  (SELECT COUNT(*) FROM requests WHERE job_id = ? AND state IN ('pending', 'in_flight')),
+  (SELECT COUNT(*) FROM shards WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned'));
+
+-- name: final_results
+SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
+       s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
+       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
+FROM requests r
+LEFT JOIN results s ON s.rid = r.rid AND s.attempt = r.attempts
+LEFT JOIN shards sh ON sh.id = s.shard_id
+WHERE r.job_id = ? AND r.state IN ('succeeded', 'failed', 'cancelled') AND r.rid > ? AND r.consumed <= ?
+ORDER BY r.rid LIMIT ?;
+
+-- name: all_attempt_results
+SELECT r.rid, r.custom_id, r.state, s.attempt, r.error_code, r.error_message,
+       s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
+       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
+FROM requests r
+JOIN results s ON s.rid = r.rid
+LEFT JOIN shards sh ON sh.id = s.shard_id
+WHERE r.job_id = ? AND (r.rid, s.attempt) > (?, ?)
+ORDER BY r.rid, s.attempt LIMIT ?;
+
+-- name: orphans
+SELECT o.shard_id, o.wire_id, o.line FROM orphan_results o JOIN shards s ON s.id = o.shard_id
+WHERE s.job_id = ? ORDER BY o.shard_id, o.wire_id;
+
+-- name: acknowledge
+UPDATE requests SET consumed = 1 WHERE job_id = ? AND custom_id = ?;
