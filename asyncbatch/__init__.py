@@ -70,10 +70,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AnthropicProvider",
     "AsyncBatchError",
-    "AzureOpenAIProvider",
-    "BatchManager",
     "AuthenticationError",
+    "AzureOpenAIProvider",
     "BadRequestError",
+    "BatchManager",
     "BatchStatus",
     "ConnectionFailedError",
     "DuplicateCustomIdError",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[Any]:
     from asyncbatch.emulator import EmulatorConfig, run_emulator

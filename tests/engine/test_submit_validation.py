@@ -10,7 +10,6 @@ import pytest
 
 from asyncbatch import BatchManager, DuplicateCustomIdError, JSONLError, ValidationError
 from asyncbatch.providers.openai import OpenAIProvider
-
 from tests.helpers import API_KEY, chat_line, write_jsonl
 
 
