@@ -14,6 +14,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +24,15 @@ import anyio
 import msgspec
 
 from .errors import AsyncBatchError, BadRequestError, NotFoundError, ProviderError, ValidationError
+from .events import (
+    AnyEvent,
+    BatchCreated,
+    BatchStatusChanged,
+    EventBus,
+    JobFinished,
+    RequestsResubmitted,
+    ResultsIngested,
+)
 from .jsonl import SpoolWriter
 from .model import (
     BatchStatus,
@@ -85,6 +95,7 @@ class BatchManager:
         default_spool = Path(store_path + ".spool") if store_path != ":memory:" else Path(".asyncbatch-spool")
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
         self.owner = new_owner()
+        self.events = EventBus()
         self._wake = anyio.Event()
 
     def __repr__(self) -> str:
@@ -208,6 +219,18 @@ class BatchManager:
         """Result lines the provider returned for custom_ids the job does not know: (shard, id, line)."""
         return await self.store.orphans(job_id)
 
+    async def watch(self, job_id: str) -> AsyncIterator[AnyEvent]:
+        """Events of a job while this manager drives it (in another task), ending with ``JobFinished``."""
+        async with self.events.subscribe(job_id) as events:
+            job = await self.store.get_job(job_id)
+            if job.status.is_terminal:
+                yield JobFinished(job_id=job_id, status=job.status, counts=job.counts)
+                return
+            async for event in events:
+                yield event
+                if isinstance(event, JobFinished):
+                    return
+
     # --- cancelling ----------------------------------------------------------------------------------------
 
     async def cancel(self, job_id: str) -> Job:
@@ -274,7 +297,10 @@ class BatchManager:
             await self.store.set_job_status(job_id, JobStatus.RUNNING)
         provider = self.provider_for(job)
         if not job.cancel_requested:
-            await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id)
+            for planned in await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id):
+                if planned.attempt > 1:
+                    self.events.publish(RequestsResubmitted(job_id=job_id, count=planned.request_count,
+                                                            attempt=planned.attempt))
         for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
             if shard_id not in active:
                 active.add(shard_id)
@@ -284,6 +310,7 @@ class BatchManager:
         final = JobStatus.CANCELLED if job.cancel_requested else JobStatus.DONE
         await self.store.set_job_status(job_id, final)
         log.info("job %s %s", job_id, final.value)
+        self.events.publish(JobFinished(job_id=job_id, status=final, counts=await self.store.counts(job_id)))
         return True
 
     async def _shard_task(self, job_id: str, shard_id: int, active: set[int]) -> None:
@@ -410,6 +437,9 @@ class _ShardRunner:
                 attempt += 1
         await self.store.shard_submitted(shard.id, self.owner, remote)
         spool.unlink(missing_ok=True)
+        self.m.events.publish(BatchCreated(job_id=self.job_id, shard_id=shard.id, batch_id=remote.id,
+                                           request_count=shard.request_count, attempt=shard.attempt,
+                                           adopted=self._reconcile))
 
     async def _poll(self, provider: Provider, shard: Shard) -> None:
         assert shard.batch_id is not None
@@ -440,6 +470,9 @@ class _ShardRunner:
                     await self.store.shard_polled(shard.id, self.owner, remote)
                     if seen != last:
                         interval = self.m.poll_interval  # something moves: look again soon
+                        self.m.events.publish(BatchStatusChanged(job_id=self.job_id, shard_id=shard.id,
+                                                                 batch_id=remote.id, status=remote.status,
+                                                                 counts=remote.counts))
                     last = seen
                 if remote.status.is_terminal:
                     return
@@ -462,6 +495,7 @@ class _ShardRunner:
         attempt = 0
         while True:
             seen: set[str] = set()
+            states: list[RequestState] = []
             rows: list[ResultRow] = []
             orphans: list[tuple[str, bytes]] = []
             try:
@@ -476,6 +510,7 @@ class _ShardRunner:
                     state = retry.state_after(verdict, attempt=request_attempt, max_attempts=job.max_attempts,
                                               cancel_requested=job.cancel_requested)
                     rows.append(_result_row(rid, request_attempt, state, line))
+                    states.append(state)
                     if len(rows) >= INGEST_CHUNK:
                         await self.store.ingest(shard.id, self.owner, rows, orphans)
                         rows, orphans = [], []
@@ -489,6 +524,13 @@ class _ShardRunner:
         await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
         if orphans:
             log.warning("shard %s: %d result lines for unknown custom_ids kept aside", shard.id, len(orphans))
+        tally = Counter(state for state in states)
+        unreported = len(members) - len(seen)
+        tally[finish.state] += unreported
+        self.m.events.publish(ResultsIngested(
+            job_id=self.job_id, shard_id=shard.id, batch_id=remote.id, succeeded=tally[RequestState.SUCCEEDED],
+            failed=tally[RequestState.FAILED] + tally[RequestState.CANCELLED], resubmitted=tally[RequestState.PENDING],
+        ))
 
 
 async def _non_empty(chunks: AsyncIterator[list[NewRequest]]) -> AsyncIterator[list[NewRequest]]:

@@ -41,6 +41,7 @@ class PlannedShard(msgspec.Struct, kw_only=True):
     request_count: int
     bytes: int
     id: int = 0
+    attempt: int = 1
     token: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
 
 

@@ -312,7 +312,7 @@ class SQLiteStore:
         members: list[tuple[int, str, int]],
         wire_id: WireIdFn,
     ) -> None:
-        attempt = max(m[2] for m in members) + 1
+        attempt = shard.attempt = max(m[2] for m in members) + 1
         cur = await db.execute(
             _Q["insert_shard"],
             (job.id, attempt, shard.token, shard.endpoint, shard.model, shard.request_count, shard.bytes,
