@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-poll-interval", type=float, default=300.0)
     p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
+    p.add_argument("--ingest-chunk", type=int, default=2000, help="results committed per transaction")
 
     p = with_db(sub.add_parser("status", help="show a job's status and request counts"))
     p.add_argument("job_id", metavar="JOB_ID")
@@ -154,6 +155,7 @@ async def _run(args: argparse.Namespace) -> int:
     async with _manager(
         args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
         max_requests_per_batch=args.max_requests_per_batch, max_bytes_per_batch=args.max_bytes_per_batch,
+        ingest_chunk=args.ingest_chunk,
     ) as bm:
         stopped_by: list[str] = []
 

@@ -33,6 +33,7 @@ from .events import (
     RequestsResubmitted,
     ResultsIngested,
 )
+from .failpoints import failpoint
 from .jsonl import SpoolWriter
 from .model import (
     BatchStatus,
@@ -55,7 +56,6 @@ from .store import LeaseLostError, NewRequest, ResultRow, SQLiteStore, Store, St
 
 log = logging.getLogger("asyncbatch")
 
-INGEST_CHUNK = 2000
 _TRANSIENT_BACKOFF_MAX = 60.0
 
 
@@ -79,6 +79,7 @@ class BatchManager:
         lease_seconds: float = 60.0,
         spool_dir: str | os.PathLike[str] | None = None,
         retry: RetryStrategy | None = None,
+        ingest_chunk: int = 2000,
     ) -> None:
         self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
         self._provider = provider
@@ -91,6 +92,7 @@ class BatchManager:
         self.max_bytes_per_batch = max_bytes_per_batch
         self.lease_seconds = lease_seconds
         self.retry = retry or RetryStrategy()
+        self.ingest_chunk = ingest_chunk
         store_path = self.store.path
         default_spool = Path(store_path + ".spool") if store_path != ":memory:" else Path(".asyncbatch-spool")
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
@@ -301,6 +303,7 @@ class BatchManager:
                 if planned.attempt > 1:
                     self.events.publish(RequestsResubmitted(job_id=job_id, count=planned.request_count,
                                                             attempt=planned.attempt))
+                    failpoint("after_resubmit_plan")
         for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
             if shard_id not in active:
                 active.add(shard_id)
@@ -403,6 +406,7 @@ class _ShardRunner:
         while True:
             try:
                 file_id = await provider.upload(self._info(job, shard, spool))
+                failpoint("after_upload")
                 break
             except ProviderError as exc:
                 await self._transient(exc, attempt)
@@ -429,7 +433,9 @@ class _ShardRunner:
                     spool.unlink(missing_ok=True)
                     return
                 else:
+                    failpoint("before_create")
                     remote = await provider.create(info, shard.file_id)
+                    failpoint("after_create")
                 break
             except ProviderError as exc:
                 self._reconcile = True  # an ambiguous failure may have created the batch
@@ -468,6 +474,7 @@ class _ShardRunner:
                 seen = (remote.status.value, remote.counts)
                 if seen != last or remote.status.is_terminal:
                     await self.store.shard_polled(shard.id, self.owner, remote)
+                    failpoint("during_poll")
                     if seen != last:
                         interval = self.m.poll_interval  # something moves: look again soon
                         self.m.events.publish(BatchStatusChanged(job_id=self.job_id, shard_id=shard.id,
@@ -511,8 +518,9 @@ class _ShardRunner:
                                               cancel_requested=job.cancel_requested)
                     rows.append(_result_row(rid, request_attempt, state, line))
                     states.append(state)
-                    if len(rows) >= INGEST_CHUNK:
+                    if len(rows) >= self.m.ingest_chunk:
                         await self.store.ingest(shard.id, self.owner, rows, orphans)
+                        failpoint("mid_ingest")
                         rows, orphans = [], []
                         await self._renew()
                 break
@@ -521,6 +529,7 @@ class _ShardRunner:
                 attempt += 1
         job = await self.store.get_job(self.job_id, with_counts=False)
         finish = retry.settle_unreported(remote, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested)
+        failpoint("before_finish")
         await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
         if orphans:
             log.warning("shard %s: %d result lines for unknown custom_ids kept aside", shard.id, len(orphans))
