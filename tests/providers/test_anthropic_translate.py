@@ -265,7 +265,9 @@ JSON_FORMAT = {
 }
 JSON_TOOL = {
     "name": JSON_RESPONSE_TOOL,
-    "description": "Give your final answer by calling this tool; its input is the 'reply' JSON object. A short reply.",
+    "description": (
+        "Give your final answer by calling this tool; its input is the 'reply' JSON object. A short reply."
+    ),
     "input_schema": SCHEMA,
     "strict": True,
 }

@@ -1,0 +1,428 @@
+"""Anthropic Message Batches provider (reference doc sections 3 and 4.2).
+
+Requests are stored as OpenAI batch lines: ``url == "/v1/chat/completions"`` is a chat body, translated by
+:mod:`.anthropic_translate`; ``url == "/v1/messages"`` is native Messages ``params``, sent as is. There is
+no file upload: ``create`` posts ``{"requests": [...]}`` inline, streamed from the shard's spool file.
+
+Anthropic keeps no batch metadata and restricts ``custom_id`` to ``^[a-zA-Z0-9_-]{1,64}$``, so the id we
+send is ours, not the user's: ``wire_id`` is ``f"{token[:16]}-{rid}"`` (the first 16 hex digits of the
+shard's token, a dash, the request's integer id in the store). It always matches the pattern, whatever the
+user's custom_id, and it carries the shard token, which is how :meth:`AnthropicProvider.find` recognises a
+batch whose create reply was lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import aiohttp
+import msgspec
+from msgspec import Meta
+
+from ..errors import AuthenticationError, ConnectionFailedError, ProviderError, ValidationError
+from ..http import CHUNK, HttpClient, Response, RetryPolicy
+from ..jsonl import read_chunks
+from ..model import BatchStatus, Outcome, Request, ShardInfo
+from .anthropic_translate import AnthropicUsage, body_error, translate
+from .base import RemoteBatch, ResultLine, ShardLimits
+
+__all__ = ["AnthropicProvider"]
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+BATCHES = "/v1/messages/batches"
+CHAT_URL = "/v1/chat/completions"
+MESSAGES_URL = "/v1/messages"
+#: 256 MB read as decimal megabytes (the stricter reading), less room for the ``,`` between requests and
+#: the ``{"requests":[...]}`` envelope, which the planner's per-line byte count does not see.
+MAX_BYTES = 256_000_000 - 6_000_000
+DEFAULT_LIMITS = ShardLimits(max_requests=100_000, max_bytes=MAX_BYTES)
+#: find() looks this far before the shard entered ``creating`` (clock skew between us and Anthropic).
+FIND_MARGIN = 600.0
+FIND_PAGE = "100"
+#: Lines per chunk read from the spool file while streaming a create body.
+BODY_CHUNK_LINES = 1000
+
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+_STATUS = {"in_progress": BatchStatus.IN_PROGRESS, "canceling": BatchStatus.CANCELLING}
+_OUTCOMES = {"expired": Outcome.EXPIRED, "canceled": Outcome.CANCELLED}
+
+T = TypeVar("T")
+NULL = msgspec.Raw(b"null")
+
+
+# --- wire structs ----------------------------------------------------------------------------------------
+
+
+class _RequestCounts(msgspec.Struct):
+    processing: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+
+
+class _MessageBatch(msgspec.Struct):
+    id: str
+    processing_status: Literal["in_progress", "canceling", "ended"]
+    request_counts: _RequestCounts = msgspec.field(default_factory=_RequestCounts)
+    created_at: str | None = None
+    cancel_initiated_at: str | None = None
+    results_url: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(msgspec.structs.astuple(self.request_counts))
+
+
+class _BatchPage(msgspec.Struct):
+    data: list[_MessageBatch]
+    has_more: bool = False
+    last_id: str | None = None
+
+
+class _Result(msgspec.Struct):
+    """``result`` of a results line; ``message`` and ``error`` stay raw: they are the kept bodies."""
+
+    type: str
+    message: msgspec.Raw = NULL
+    error: msgspec.Raw = NULL
+
+
+class _ResultRow(msgspec.Struct):
+    custom_id: str
+    result: _Result
+
+
+class _ResultId(msgspec.Struct):
+    custom_id: str
+
+
+class _MessageSummary(msgspec.Struct):
+    model: str | None = None
+    usage: AnthropicUsage | None = None
+
+
+class _ErrorDetail(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+
+
+class _ErrorResponse(msgspec.Struct):
+    error: _ErrorDetail = msgspec.field(default_factory=_ErrorDetail)
+    request_id: str | None = None
+
+
+class _NativeParams(msgspec.Struct):
+    """What we check synchronously in native ``params``; Anthropic validates the rest when it runs them."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    messages: Annotated[list[Any], Meta(min_length=1)]
+    max_tokens: Annotated[int, Meta(ge=1)]
+    stream: bool | None = None
+
+
+_row_decoder = msgspec.json.Decoder(_ResultRow)
+_summary_decoder = msgspec.json.Decoder(_MessageSummary)
+_error_decoder = msgspec.json.Decoder(_ErrorResponse)
+
+
+# --- provider --------------------------------------------------------------------------------------------
+
+
+class AnthropicProvider:
+    """Anthropic Message Batches behind the :class:`~asyncbatch.providers.base.Provider` protocol.
+
+    The key comes from ``api_key`` or ``ANTHROPIC_API_KEY`` (sent as ``x-api-key``); a missing key is
+    reported at the first network call, so a provider can be built without one (e.g. to show a job). The
+    base URL comes from ``base_url``, ``ANTHROPIC_BASE_URL``, else ``https://api.anthropic.com`` (without
+    ``/v1``). ``betas`` go out as one ``anthropic-beta`` header; ``default_max_tokens`` fills
+    ``max_tokens`` for translated chat bodies that have none.
+    """
+
+    name = "anthropic"
+    #: A batch may answer 404 for a short while after its create (Anthropic's eventual consistency).
+    visibility_grace: float = 60.0
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        anthropic_version: str = "2023-06-01",
+        betas: Sequence[str] = (),
+        default_max_tokens: int = 4096,
+        limits: ShardLimits | None = None,
+        max_connections: int = 32,
+        retry: RetryPolicy | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or ANTHROPIC_BASE_URL).rstrip("/")
+        self.limits = limits or DEFAULT_LIMITS
+        self.default_max_tokens = default_max_tokens
+        self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        self._headers = {"anthropic-version": anthropic_version}
+        if betas:
+            self._headers["anthropic-beta"] = ",".join(betas)
+        self._retry = retry
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._http: HttpClient | None = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(base_url={self.base_url!r})"
+
+    # --- validation and encoding (no I/O) ----------------------------------------------------------------
+
+    def check(self, request: Request) -> None:
+        """Translate (and drop) a chat body, or check native params, so bad requests fail before storing."""
+        if request.method != "POST":
+            raise ValidationError(f"method must be POST, not {request.method!r}", field="method")
+        if request.url == CHAT_URL:
+            translate(request.body, default_max_tokens=self.default_max_tokens)
+        elif request.url == MESSAGES_URL:
+            try:
+                native = msgspec.convert(request.body, _NativeParams)
+            except msgspec.ValidationError as exc:
+                raise body_error(str(exc)) from None
+            if native.stream:
+                raise ValidationError("streaming is not available in batches", field="body.stream")
+        else:
+            raise ValidationError(
+                f"Anthropic batches run {CHAT_URL} (translated) or {MESSAGES_URL} (native params),"
+                f" not {request.url!r}",
+                field="url",
+            )
+
+    def model_of(self, request: Request) -> str | None:
+        model = request.body.get("model")
+        return model if isinstance(model, str) else None
+
+    def wire_id(self, custom_id: str, rid: int, token: str) -> str:
+        """``f"{token[:16]}-{rid}"``: Anthropic-safe for any custom_id, and it names the shard (see find)."""
+        return f"{token[:16]}-{rid}"
+
+    def encode_line(self, wire_id: str, url: str, body: bytes) -> bytes:
+        """``{"custom_id", "params"}``: the translated chat body, or native params spliced in as stored."""
+        if url == CHAT_URL:
+            params = msgspec.json.encode(translate(body, default_max_tokens=self.default_max_tokens))
+        elif url == MESSAGES_URL:
+            params = body
+        else:
+            raise ValidationError(f"Anthropic batches cannot run {url!r}", field="url")
+        return b"".join((b'{"custom_id":', msgspec.json.encode(wire_id), b',"params":', params, b"}"))
+
+    # --- network -----------------------------------------------------------------------------------------
+
+    def _client(self) -> HttpClient:
+        if self._http is None:
+            if not self._api_key:
+                raise AuthenticationError(f"no Anthropic API key: pass api_key= or set {API_KEY_ENV}")
+            self._http = HttpClient(
+                self.base_url,
+                headers={"x-api-key": self._api_key, **self._headers},
+                secrets=[self._api_key],
+                retry=self._retry,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+            )
+        return self._http
+
+    async def upload(self, shard: ShardInfo) -> None:
+        """Nothing to upload: requests travel inline with the create call."""
+        return None
+
+    async def create(self, shard: ShardInfo, file_id: str | None = None) -> RemoteBatch:
+        """POST the shard's requests, streamed from its spool file (re-read from the start on each try).
+
+        Only failures that surely created nothing are retried here (``idempotent=False``): after a dropped
+        connection or a 5xx the batch may exist, so the error goes up and the engine runs :meth:`find`
+        before any new create.
+        """
+        spool = Path(shard.spool_path)
+        response = await self._client().request(
+            "POST",
+            BATCHES,
+            form=lambda: _requests_body(spool),
+            headers={"content-type": "application/json"},
+            idempotent=False,
+        )
+        return self._normalise(_decode(response, _MessageBatch))
+
+    async def find(self, shard: ShardInfo) -> RemoteBatch | None:
+        """The batch created for this shard by a create whose reply was lost, if any.
+
+        Anthropic has no metadata, so candidates are the batches created from ``shard.created_at -
+        FIND_MARGIN`` on (listed newest first; paging stops past that point) that hold exactly
+        ``shard.request_count`` requests. An ended candidate is verified: the first line of its results must
+        carry this shard's token in its id (one batch holds one shard, so one line is proof). A running one
+        cannot be verified (results come only once ended), so the unverified candidate created closest to
+        ``shard.created_at`` is adopted; the engine checks the ids when it ingests the results (lines whose
+        ids it does not know are kept aside, members without a result are retried).
+        """
+        http = self._client()
+        horizon = shard.created_at - FIND_MARGIN
+        params = {"limit": FIND_PAGE}
+        unverified: list[_MessageBatch] = []
+        while True:
+            page = _decode(await http.request("GET", BATCHES, params=params), _BatchPage)
+            in_window = [b for b in page.data if _timestamp(b.created_at) >= horizon]
+            for batch in in_window:
+                if batch.total != shard.request_count:
+                    continue
+                if batch.processing_status != "ended":
+                    unverified.append(batch)
+                elif (await self._first_wire_id(batch) or "").startswith(f"{shard.token[:16]}-"):
+                    return self._normalise(batch)
+            if not page.has_more or not page.data or len(in_window) < len(page.data):
+                break
+            params = {"limit": FIND_PAGE, "after_id": page.last_id or page.data[-1].id}
+        if not unverified:
+            return None
+        return self._normalise(
+            min(unverified, key=lambda b: abs(_timestamp(b.created_at) - shard.created_at))
+        )
+
+    async def retrieve(self, batch_id: str) -> RemoteBatch:
+        response = await self._client().request("GET", f"{BATCHES}/{batch_id}")
+        return self._normalise(_decode(response, _MessageBatch))
+
+    async def cancel(self, batch_id: str) -> RemoteBatch:
+        response = await self._client().request("POST", f"{BATCHES}/{batch_id}/cancel")
+        return self._normalise(_decode(response, _MessageBatch))
+
+    async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncIterator[ResultLine]:
+        """Download the results JSONL to ``workdir``, then yield its lines; the file is deleted afterwards,
+        also when the caller stops early."""
+        dest = workdir / f"{batch.id}-results.jsonl"
+        try:
+            await self._client().download(batch.output_file_id or f"{BATCHES}/{batch.id}/results", dest)
+            async for chunk in read_chunks(dest):
+                for number, line in chunk:
+                    yield _result_line(number, line)
+        finally:
+            dest.unlink(missing_ok=True)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    async def _first_wire_id(self, batch: _MessageBatch) -> str | None:
+        """The custom_id on the first results line, reading no further than that line."""
+        http = self._client()
+        path = self._results_path(batch)
+        head = b""
+        try:
+            async with http.session.get(http.url(path)) as resp:
+                if resp.status >= 400:
+                    body = await resp.read()
+                    raise http.error_for(
+                        "GET", path, Response(status=resp.status, headers=resp.headers, body=body)
+                    )
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    head += chunk
+                    if b"\n" in chunk:
+                        break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailedError(http.redact(f"GET {path}: {exc!r}")) from None
+        try:
+            return msgspec.json.decode(head.split(b"\n", 1)[0], type=_ResultId).custom_id
+        except msgspec.DecodeError:
+            return None
+
+    def _results_path(self, batch: _MessageBatch) -> str:
+        """``results_url`` as the docs ask, unless it points at another host: the key never goes elsewhere."""
+        url = batch.results_url
+        if url and (url.startswith(f"{self.base_url}/") or url.startswith("/")):
+            return url
+        return f"{BATCHES}/{batch.id}/results"
+
+    def _normalise(self, batch: _MessageBatch) -> RemoteBatch:
+        ended = batch.processing_status == "ended"
+        if ended:
+            status = BatchStatus.CANCELLED if batch.cancel_initiated_at else BatchStatus.COMPLETED
+        else:
+            status = _STATUS[batch.processing_status]
+        return RemoteBatch(
+            id=batch.id,
+            status=status,
+            raw_status=batch.processing_status,
+            counts={**msgspec.structs.asdict(batch.request_counts), "total": batch.total},
+            output_file_id=self._results_path(batch) if ended else None,
+            created_at=_timestamp(batch.created_at),
+            cancel_requested=batch.cancel_initiated_at is not None,
+        )
+
+
+async def _requests_body(spool: Path) -> AsyncIterator[bytes]:
+    """``{"requests":[...]}`` from the spool file (one request per line), a chunk of lines at a time."""
+    yield b'{"requests":['
+    separator = b""
+    async for chunk in read_chunks(spool, chunk_lines=BODY_CHUNK_LINES):
+        yield separator + b",".join(line for _, line in chunk)
+        separator = b","
+    yield b"]}"
+
+
+def _decode(response: Response, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(response.body, type=type_)
+    except msgspec.DecodeError as exc:
+        raise ProviderError(f"unexpected Anthropic response ({response.status}): {exc}") from None
+
+
+def _timestamp(value: str | None) -> float:
+    """RFC 3339 (``2026-11-20T10:00:00.000000Z``) to Unix seconds."""
+    return dt.datetime.fromisoformat(value).timestamp() if value else 0.0
+
+
+def _result_line(number: int, raw: bytes) -> ResultLine:
+    try:
+        row = _row_decoder.decode(raw)
+        result = row.result
+        if result.type == "succeeded" and result.message != NULL:
+            summary = _summary_decoder.decode(result.message)
+            return ResultLine(
+                wire_id=row.custom_id,
+                outcome=Outcome.SUCCEEDED,
+                status_code=200,
+                body=result.message,
+                usage=summary.usage.normalise() if summary.usage else None,
+                model=summary.model,
+            )
+        if result.type == "errored":
+            envelope = _error_decoder.decode(result.error) if result.error != NULL else _ErrorResponse()
+            return ResultLine(
+                wire_id=row.custom_id,
+                outcome=Outcome.ERRORED,
+                status_code=ERROR_STATUS.get(envelope.error.type),
+                body=result.error if result.error != NULL else None,
+                error_code=envelope.error.type,
+                error_message=envelope.error.message,
+                request_id=envelope.request_id,
+            )
+    except msgspec.DecodeError as exc:
+        raise ProviderError(f"Anthropic results, line {number}: {exc}") from None
+    return ResultLine(
+        wire_id=row.custom_id,
+        outcome=_OUTCOMES.get(result.type, Outcome.FAILED),
+        error_code=result.type,
+    )

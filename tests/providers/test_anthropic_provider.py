@@ -1,0 +1,395 @@
+"""AnthropicProvider: validation, wire ids and encoding, then real runs over loopback.
+
+Full lifecycles, faults and reconciliation run against the emulator; the exact bytes and headers of a
+create, and result lines the emulator does not produce (every error type, unknown result types), are
+checked on a recording stub host. Both are real aiohttp servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from openai_support import json_handler, stub_host, write_shard
+
+from asyncbatch.errors import (
+    AuthenticationError,
+    UnsupportedFeatureError,
+    ValidationError,
+)
+from asyncbatch.model import BatchStatus, Outcome, Request, Usage
+from asyncbatch.providers.anthropic import AnthropicProvider
+from asyncbatch.providers.anthropic_translate import to_messages_params
+from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
+
+SECRET = "sk-ant-test-DO-NOT-LEAK-0123456789"
+MODEL = "claude-haiku-4-5"
+WIRE_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def chat(custom_id: str, text: str, **body: Any) -> Request:
+    return Request(
+        custom_id=custom_id, body={"model": MODEL, "messages": [{"role": "user", "content": text}], **body}
+    )
+
+
+def native(custom_id: str, text: str, max_tokens: int = 64) -> Request:
+    params = {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+    return Request(custom_id=custom_id, url="/v1/messages", body=params)
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+async def collect(provider: AnthropicProvider, batch: RemoteBatch, workdir: Path) -> list[ResultLine]:
+    return [line async for line in provider.results(batch, workdir)]
+
+
+# --- construction, validation, encoding (no I/O) ---------------------------------------------------------
+
+
+def test_satisfies_provider_protocol_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    provider = AnthropicProvider()
+    assert isinstance(provider, Provider)
+    assert provider.name == "anthropic"
+    assert provider.base_url == "https://api.anthropic.com"
+    assert provider.limits.max_requests == 100_000
+    assert 240_000_000 < provider.limits.max_bytes < 256_000_000
+    assert provider.visibility_grace >= 30
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/")
+    assert AnthropicProvider().base_url == "http://127.0.0.1:9"
+    assert AnthropicProvider(base_url="http://127.0.0.1:8").base_url == "http://127.0.0.1:8"
+
+
+def test_repr_never_shows_the_key() -> None:
+    provider = AnthropicProvider(api_key=SECRET)
+    assert repr(provider) == "AnthropicProvider(base_url='https://api.anthropic.com')"
+    assert SECRET not in str(provider)
+
+
+def test_check_accepts_chat_and_native_requests() -> None:
+    provider = AnthropicProvider()
+    provider.check(chat("a", "hi", max_tokens=10, temperature=0.3))
+    provider.check(native("b", "hi"))
+    assert provider.model_of(chat("a", "hi")) == MODEL
+    assert provider.model_of(native("b", "hi")) == MODEL
+    assert provider.model_of(Request(custom_id="c", body={"model": 3})) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "field"),
+    [
+        (
+            Request(custom_id="a", url="/v1/embeddings", body={"model": "m", "input": "x"}),
+            ValidationError,
+            "url",
+        ),
+        (Request(custom_id="a", method="GET", body={"model": "m"}), ValidationError, "method"),
+        (chat("a", "hi", n=3), UnsupportedFeatureError, "body.n"),
+        (chat("a", "hi", logprobs=True), UnsupportedFeatureError, "body.logprobs"),
+        (
+            Request(custom_id="a", body={"messages": [{"role": "user", "content": "x"}]}),
+            ValidationError,
+            "body.model",
+        ),
+        (
+            Request(custom_id="a", url="/v1/messages", body={"model": "m", "messages": []}),
+            ValidationError,
+            "body.messages",
+        ),
+        (native("a", "hi", max_tokens=0), ValidationError, "body.max_tokens"),
+        (
+            Request(custom_id="a", url="/v1/messages", body={"model": "m", "messages": [{}]}),
+            ValidationError,
+            "body.max_tokens",
+        ),
+        (
+            Request(
+                custom_id="a",
+                url="/v1/messages",
+                body={"model": "m", "max_tokens": 5, "messages": [{}], "stream": True},
+            ),
+            ValidationError,
+            "body.stream",
+        ),
+    ],
+)
+def test_check_rejects_naming_the_field(request_: Request, error: type[ValidationError], field: str) -> None:
+    with pytest.raises(error) as caught:
+        AnthropicProvider().check(request_)
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    "custom_id",
+    ["row-1", "a.b.c", "x" * 500, "caf\u00e9/\u00fcber \u2603", "", "with space", "ends-with-newline\n"],
+)
+def test_wire_ids_match_anthropics_pattern_and_carry_the_token(custom_id: str) -> None:
+    provider = AnthropicProvider()
+    token = uuid.uuid4().hex
+    for rid in (1, 42, 2**63 - 1):
+        wire_id = provider.wire_id(custom_id, rid, token)
+        assert WIRE_ID.match(wire_id)
+        assert wire_id == f"{token[:16]}-{rid}"
+
+
+def test_encode_line_translates_chat_bodies() -> None:
+    provider = AnthropicProvider(default_max_tokens=256)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "caf\u00e9?"}],
+        "stop": "END",
+    }
+    line = provider.encode_line("tok-1", "/v1/chat/completions", msgspec.json.encode(body))
+    assert b"\n" not in line
+    assert json.loads(line) == {
+        "custom_id": "tok-1",
+        "params": {
+            "model": MODEL,
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": "caf\u00e9?"}],
+            "system": "Be brief.",
+            "stop_sequences": ["END"],
+        },
+    }
+    assert json.loads(line)["params"] == to_messages_params(body, default_max_tokens=256)
+
+
+def test_encode_line_splices_native_params_as_stored() -> None:
+    params = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"\xc3\xa9"}],"top_k":3}'
+    line = AnthropicProvider().encode_line("tok-2", "/v1/messages", params)
+    assert line == b'{"custom_id":"tok-2","params":' + params + b"}"
+    with pytest.raises(ValidationError) as caught:
+        AnthropicProvider().encode_line("tok-3", "/v1/embeddings", b"{}")
+    assert caught.value.field == "url"
+
+
+async def test_missing_key_is_reported_at_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    provider = AnthropicProvider(base_url="http://127.0.0.1:9")  # building needs no key
+    with pytest.raises(AuthenticationError, match="ANTHROPIC_API_KEY"):
+        await provider.retrieve("msgbatch_1")
+    await provider.aclose()
+
+
+# --- wire details on a recording stub host ---------------------------------------------------------------
+
+
+def batch_json(batch_id: str, status: str = "in_progress", **extra: Any) -> dict[str, Any]:
+    counts = {"processing": 2, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    return {
+        "id": batch_id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": extra.pop("request_counts", counts),
+        "created_at": "2026-11-20T10:00:00.123456Z",
+        "expires_at": "2026-11-21T10:00:00.123456Z",
+        "ended_at": None,
+        "cancel_initiated_at": None,
+        "archived_at": None,
+        "results_url": None,
+        **extra,
+    }
+
+
+async def test_create_streams_the_exact_body_with_the_right_headers(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    requests = [chat("a.1", "one"), native("b" * 100, "two"), chat("c", "three", max_completion_tokens=9)]
+    async with stub_host({"POST /v1/messages/batches": json_handler(batch_json("msgbatch_01"))}) as host:
+        provider = AnthropicProvider(base_url=host.url, betas=("beta-one", "beta-two"))
+        shard = write_shard(provider, spool_dir, requests)
+        assert await provider.upload(shard) is None
+        remote = await provider.create(shard)
+        await provider.aclose()
+    assert remote == RemoteBatch(
+        id="msgbatch_01",
+        status=BatchStatus.IN_PROGRESS,
+        raw_status="in_progress",
+        counts={"processing": 2, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0, "total": 2},
+        created_at=1_795_168_800.123456,  # 2026-11-20T10:00:00.123456Z
+    )
+    [seen] = host.seen
+    assert seen.headers["x-api-key"] == SECRET
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+    assert seen.headers["anthropic-beta"] == "beta-one,beta-two"
+    assert seen.headers["content-type"] == "application/json"
+    token = shard.token[:16]
+    assert json.loads(seen.body) == {
+        "requests": [
+            {
+                "custom_id": f"{token}-1",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 4096,
+                    "messages": [{"role": "user", "content": "one"}],
+                },
+            },
+            {
+                "custom_id": f"{token}-2",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "two"}],
+                },
+            },
+            {
+                "custom_id": f"{token}-3",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 9,
+                    "messages": [{"role": "user", "content": "three"}],
+                },
+            },
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("batch", "status", "output"),
+    [
+        (
+            batch_json("b1", "canceling", cancel_initiated_at="2026-11-20T10:01:00Z"),
+            BatchStatus.CANCELLING,
+            None,
+        ),
+        (
+            batch_json("b1", "ended", results_url="{host}/v1/messages/batches/b1/results"),
+            BatchStatus.COMPLETED,
+            "{host}/v1/messages/batches/b1/results",
+        ),
+        (
+            batch_json(
+                "b1",
+                "ended",
+                results_url="https://elsewhere.example/r",
+                cancel_initiated_at="2026-11-20T10:01:00Z",
+            ),
+            BatchStatus.CANCELLED,
+            "/v1/messages/batches/b1/results",
+        ),
+        (batch_json("b1", "ended"), BatchStatus.COMPLETED, "/v1/messages/batches/b1/results"),
+    ],
+)
+async def test_batch_states_are_normalised(
+    batch: dict[str, Any], status: BatchStatus, output: str | None
+) -> None:
+    async def retrieve(request: web.Request) -> web.StreamResponse:
+        payload = json.dumps(batch).replace("{host}", f"http://{request.host}")
+        return web.Response(text=payload, content_type="application/json")
+
+    async with stub_host({"GET /v1/messages/batches/b1": retrieve}) as host:
+        provider = AnthropicProvider(api_key=SECRET, base_url=host.url)
+        remote = await provider.retrieve("b1")
+        await provider.aclose()
+    assert remote.status is status
+    assert remote.raw_status == batch["processing_status"]
+    assert remote.output_file_id == (output.replace("{host}", host.url) if output else None)
+    assert remote.cancel_requested == (batch["cancel_initiated_at"] is not None)
+
+
+ERRORS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+    "brand_new_error": None,
+}
+
+
+def results_jsonl() -> bytes:
+    message = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [{"type": "text", "text": "Yes."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 19,
+            "output_tokens": 3,
+            "cache_read_input_tokens": 7,
+            "service_tier": "batch",
+        },
+    }
+    lines = [{"custom_id": "t-1", "result": {"type": "succeeded", "message": message}}]
+    for i, error_type in enumerate(ERRORS, start=2):
+        envelope = {
+            "type": "error",
+            "error": {"type": error_type, "message": f"bad {i}"},
+            "request_id": f"req_{i}",
+        }
+        lines.append({"custom_id": f"t-{i}", "result": {"type": "errored", "error": envelope}})
+    lines += [
+        {"custom_id": "t-90", "result": {"type": "expired"}},
+        {"custom_id": "t-91", "result": {"type": "canceled"}},
+        {"custom_id": "t-92", "result": {"type": "postponed"}},
+    ]
+    return b"".join(msgspec.json.encode(line) + b"\n" for line in lines)
+
+
+async def test_every_result_type_is_normalised(workdir: Path) -> None:
+    raw = results_jsonl()
+
+    async def results(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=raw, content_type="application/binary")
+
+    async with stub_host({"GET /v1/messages/batches/b1/results": results}) as host:
+        provider = AnthropicProvider(api_key=SECRET, base_url=host.url)
+        batch = RemoteBatch(
+            id="b1",
+            status=BatchStatus.COMPLETED,
+            raw_status="ended",
+            output_file_id=f"{host.url}/v1/messages/batches/b1/results",
+        )
+        lines = await collect(provider, batch, workdir)
+        await provider.aclose()
+    assert list(workdir.iterdir()) == []  # the download is deleted
+    first = lines[0]
+    assert (first.wire_id, first.outcome, first.status_code, first.model) == (
+        "t-1",
+        Outcome.SUCCEEDED,
+        200,
+        MODEL,
+    )
+    assert first.usage == Usage(input_tokens=26, output_tokens=3, cached_input_tokens=7)
+    assert first.body is not None and json.loads(bytes(first.body))["content"][0]["text"] == "Yes."
+    errored = lines[1 : 1 + len(ERRORS)]
+    assert [(line.error_code, line.status_code) for line in errored] == list(ERRORS.items())
+    assert all(line.outcome is Outcome.ERRORED for line in errored)
+    assert (errored[0].error_message, errored[0].request_id) == ("bad 2", "req_2")
+    assert (
+        errored[0].body is not None
+        and json.loads(bytes(errored[0].body))["error"]["type"] == "invalid_request_error"
+    )
+    assert [(line.wire_id, line.outcome, line.error_code) for line in lines[-3:]] == [
+        ("t-90", Outcome.EXPIRED, "expired"),
+        ("t-91", Outcome.CANCELLED, "canceled"),
+        ("t-92", Outcome.FAILED, "postponed"),
+    ]
