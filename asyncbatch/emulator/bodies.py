@@ -1,0 +1,305 @@
+"""Deterministic, plausible response bodies, and the per-request checks a real endpoint would make.
+
+Bodies are the providers' own schemas (checked against the official SDKs' models in the tests), so they are
+plain dicts here. Replies depend only on the request, token counts on text length (about 4 chars a token).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import secrets
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..model import Outcome
+from .outcomes import Decision
+
+_NOT_TEXT = frozenset({"role", "type", "name", "id", "tool_call_id", "url", "detail", "media_type", "data",
+                       "image_url", "file_id", "cache_control"})
+_MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+    "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
+    "violence/graphic",
+)
+_ANTHROPIC_NOT_IN_BATCH = ("speed", "store", "previous_thread_event_id", "cache_hint", "context_hint",
+                           "research_preview_2026_02")
+
+
+def texts(value: Any) -> Iterator[str]:
+    """Every text string in a prompt structure (message contents, inputs), skipping roles, ids, images."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from texts(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_TEXT:
+                yield from texts(item)
+
+
+def tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _prompt(body: dict[str, Any], *keys: str) -> list[str]:
+    return [t for key in keys for t in texts(body.get(key))]
+
+
+def _reply(model: str, prompt: list[str], limit: Any) -> tuple[str, int, bool]:
+    """(text, tokens, truncated) of the emulated answer; ``limit`` is the request's max-tokens value."""
+    last = prompt[-1].strip() if prompt else ""
+    snippet = last if len(last) <= 60 else last[:57] + "..."
+    text = f"Emulated reply from {model} to: {snippet}"
+    count = tokens(text)
+    if isinstance(limit, int) and 0 < limit < count:
+        return text[: limit * 4], limit, True
+    return text, count, False
+
+
+def _rid(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+# --- OpenAI ----------------------------------------------------------------------------------------------
+
+
+def _invalid(message: str, param: str | None = None) -> Decision:
+    return Decision(Outcome.ERRORED, 400, message, param)
+
+
+def check_openai(url: str, body: dict[str, Any]) -> Decision | None:
+    """The 400 a real endpoint would give this body, or None when it would run it."""
+    if body.get("stream") is True:
+        return _invalid("Streaming is not supported in the Batch API.", "stream")
+    if not isinstance(body.get("model"), str):
+        return _invalid("You must provide a model parameter.", "model")
+    required = {
+        "/v1/chat/completions": "messages",
+        "/v1/embeddings": "input",
+        "/v1/completions": "prompt",
+        "/v1/moderations": "input",
+        "/v1/images/generations": "prompt",
+        "/v1/images/edits": "prompt",
+        "/v1/videos": "prompt",
+    }.get(url)
+    if required is not None and not body.get(required):
+        return _invalid(f"Missing required parameter: '{required}'.", required)
+    return None
+
+
+def _chat(body: dict[str, Any], created: int) -> dict[str, Any]:
+    model = body["model"]
+    prompt = _prompt(body, "messages")
+    text, out, cut = _reply(model, prompt, body.get("max_completion_tokens", body.get("max_tokens")))
+    used = tokens("".join(prompt))
+    return {
+        "id": _rid("chatcmpl-"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+            "logprobs": None,
+            "finish_reason": "length" if cut else "stop",
+        }],
+        "usage": {
+            "prompt_tokens": used,
+            "completion_tokens": out,
+            "total_tokens": used + out,
+            "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    digest = hashlib.shake_256(text.encode()).digest(4 * dims)
+    raw = [b / 255.0 - 0.5 for b in digest[:dims]]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [round(v / norm, 6) for v in raw]
+
+
+def _embeddings(body: dict[str, Any], created: int) -> dict[str, Any]:
+    inputs = body["input"]
+    items = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else list(inputs)
+    dims = body.get("dimensions")
+    dims = dims if isinstance(dims, int) else 8
+    data = []
+    for index, item in enumerate(items):
+        vector = _vector(str(item), max(1, min(dims, 3072)))
+        encoded: object = vector
+        if body.get("encoding_format") == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    used = sum(tokens(str(item)) for item in items)
+    return {"object": "list", "data": data, "model": body["model"],
+            "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+
+def _responses(body: dict[str, Any], created: int) -> dict[str, Any]:
+    model = body["model"]
+    prompt = _prompt(body, "instructions", "input")
+    text, out, cut = _reply(model, prompt, body.get("max_output_tokens"))
+    used = tokens("".join(prompt))
+    return {
+        "id": _rid("resp_"),
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if cut else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "error": None,
+        "model": model,
+        "instructions": body.get("instructions"),
+        "output": [{
+            "type": "message",
+            "id": _rid("msg_"),
+            "status": "incomplete" if cut else "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": body.get("temperature", 1.0),
+        "top_p": body.get("top_p", 1.0),
+        "metadata": body.get("metadata") or {},
+        "usage": {
+            "input_tokens": used,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": used + out,
+        },
+    }
+
+
+def _completions(body: dict[str, Any], created: int) -> dict[str, Any]:
+    model = body["model"]
+    prompt = _prompt(body, "prompt")
+    text, out, cut = _reply(model, prompt, body.get("max_tokens", 16))
+    used = tokens("".join(prompt))
+    return {
+        "id": _rid("cmpl-"),
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": "length" if cut else "stop"}],
+        "usage": {"prompt_tokens": used, "completion_tokens": out, "total_tokens": used + out},
+    }
+
+
+def _moderations(body: dict[str, Any], created: int) -> dict[str, Any]:
+    inputs = body["input"]
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    results = []
+    for item in items:
+        flagged = "[[flag]]" in "".join(texts(item))
+        results.append({
+            "flagged": flagged,
+            "categories": {c: flagged and c == "violence" for c in _MODERATION_CATEGORIES},
+            "category_scores": {c: 0.9 if flagged and c == "violence" else 0.0001 for c in _MODERATION_CATEGORIES},
+            "category_applied_input_types": {c: ["text"] for c in _MODERATION_CATEGORIES},
+        })
+    return {"id": _rid("modr-"), "model": body["model"], "results": results}
+
+
+def _images(body: dict[str, Any], created: int) -> dict[str, Any]:
+    # A 1x1 transparent PNG: enough for a client to decode, small enough to keep output files small.
+    png = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    count = body.get("n")
+    count = count if isinstance(count, int) else 1
+    used = tokens(str(body.get("prompt", "")))
+    return {"created": created, "data": [{"b64_json": png} for _ in range(count)],
+            "usage": {"input_tokens": used, "output_tokens": 0, "total_tokens": used,
+                      "input_tokens_details": {"text_tokens": used, "image_tokens": 0}}}
+
+
+def _videos(body: dict[str, Any], created: int) -> dict[str, Any]:
+    return {"id": _rid("video_"), "object": "video", "model": body["model"], "status": "completed",
+            "progress": 100, "created_at": created, "completed_at": created, "seconds": "4", "size": "720x1280"}
+
+
+_OPENAI_BODIES: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
+    "/v1/chat/completions": _chat,
+    "/v1/embeddings": _embeddings,
+    "/v1/responses": _responses,
+    "/v1/completions": _completions,
+    "/v1/moderations": _moderations,
+    "/v1/images/generations": _images,
+    "/v1/images/edits": _images,
+    "/v1/videos": _videos,
+}
+OPENAI_ENDPOINTS = tuple(_OPENAI_BODIES)
+
+
+def openai_body(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The success body of ``url`` for a request ``body`` that passed ``check_openai``."""
+    return _OPENAI_BODIES[url](body, int(time.time()))
+
+
+def openai_usage(body: dict[str, Any]) -> tuple[int, int]:
+    """(input, output) tokens of a success body, whatever the endpoint's usage shape."""
+    usage = body.get("usage") or {}
+    return (usage.get("prompt_tokens", usage.get("input_tokens", 0)),
+            usage.get("completion_tokens", usage.get("output_tokens", 0)))
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """What a request enqueues against ``token_limit``: its prompt text, about 4 chars a token."""
+    return tokens("".join(_prompt(body, "messages", "input", "prompt", "instructions")))
+
+
+# --- Anthropic -------------------------------------------------------------------------------------------
+
+
+def check_anthropic(params: dict[str, Any]) -> Decision | None:
+    """The asynchronous 400 a real batch would report as ``errored`` for these params, if any.
+
+    The synchronous checks (model, messages, max_tokens) were made at create.
+    """
+    if params.get("stream") is True:
+        return _invalid("stream: streaming is not supported in Message Batches")
+    for key in _ANTHROPIC_NOT_IN_BATCH:
+        if key in params:
+            return _invalid(f"{key}: not supported in Message Batches")
+    for index, message in enumerate(params["messages"]):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            return _invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+        if not message.get("content"):
+            return _invalid(f"messages.{index}.content: messages must have non-empty content")
+    temperature = params.get("temperature")
+    if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature <= 1):
+        return _invalid("temperature: Input should be less than or equal to 1")
+    return None
+
+
+def anthropic_message(params: dict[str, Any]) -> dict[str, Any]:
+    """A Message (``usage.service_tier: "batch"``) answering ``params``."""
+    model = params["model"]
+    prompt = _prompt(params, "system", "messages")
+    text, out, cut = _reply(model, prompt, params["max_tokens"])
+    return {
+        "id": "msg_01" + secrets.token_hex(11),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text, "citations": None}],
+        "stop_reason": "max_tokens" if cut else "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": tokens("".join(prompt)),
+            "output_tokens": out,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "service_tier": "batch",
+        },
+    }

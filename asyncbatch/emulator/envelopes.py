@@ -1,0 +1,109 @@
+"""The providers' error envelopes (reference doc section 4), for HTTP errors and for errors inside results."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from .routes import REQUEST_ID
+
+JSON = "application/json"
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(msgspec.Struct, kw_only=True):
+    error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(msgspec.Struct, kw_only=True):
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct, kw_only=True):
+    error: AnthropicErrorDetail
+    request_id: str | None
+    type: Literal["error"] = "error"
+
+
+def request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def openai_error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> OpenAIError:
+    if status == 429:
+        etype, code = "requests", code or "rate_limit_exceeded"
+    elif status >= 500:
+        etype = "server_error"
+    else:
+        etype = "invalid_request_error"
+    return OpenAIError(error=OpenAIErrorDetail(message=message, type=etype, param=param, code=code))
+
+
+def anthropic_error_type(status: int) -> str:
+    if status in _ANTHROPIC_TYPES:
+        return _ANTHROPIC_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error_body(status: int, message: str, rid: str | None) -> AnthropicError:
+    return AnthropicError(
+        error=AnthropicErrorDetail(type=anthropic_error_type(status), message=message), request_id=rid
+    )
+
+
+def json_response(
+    payload: object, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(payload), status=status, content_type=JSON, headers=headers
+    )
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return json_response(openai_error_body(status, message, param=param, code=code), status=status,
+                         headers=headers)
+
+
+def anthropic_error(
+    request: web.Request, status: int, message: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return json_response(anthropic_error_body(status, message, request.get(REQUEST_ID)), status=status,
+                         headers=headers)
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """``retry-after`` (seconds, as the SDKs parse it, fractions allowed) and ``retry-after-ms``."""
+    return {"retry-after": f"{seconds:g}", "retry-after-ms": str(round(seconds * 1000))}

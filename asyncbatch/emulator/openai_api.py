@@ -1,0 +1,680 @@
+"""The OpenAI Files and Batch APIs (reference doc sections 1, 2 and 4.1), under ``/v1``.
+
+A batch's state is derived on every access from the live config and the clock: ``validating`` until
+``validate_after``, then the input file is validated as a stream (failures go to ``errors.data``); requests
+run evenly until ``complete_after``; ``finalizing`` lasts ``finalize_after``; then ``completed`` with
+successes in the output file and HTTP errors in the error file (``response`` filled, ``error`` null). A
+batch named in ``expire_batches``, or holding requests that expire, ends ``expired`` at its deadline.
+"""
+
+from __future__ import annotations
+
+import secrets
+from array import array
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from aiohttp import BodyPartReader, web
+
+from ..model import Outcome
+from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body
+from .config import EmulatorConfig, window_seconds
+from .core import Context, after_cursor, done_target
+from .envelopes import json_response, openai_error, openai_error_body, request_id
+from .files import CHUNK, FileDeleted, FileObject, FileStore, stream_file
+from .ledger import BatchRecord
+from .outcomes import Decision
+from .routes import RouteSpec, query_int
+from .runs import Run, Written
+
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+EXPIRY_RANGE = (3600, 2_592_000)
+OUTPUT_EXPIRY = 30 * 86400
+MAX_LINE_ERRORS = 10
+
+
+# --- wire objects ----------------------------------------------------------------------------------------
+
+
+class BatchErrorItem(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(msgspec.Struct, kw_only=True):
+    data: list[BatchErrorItem]
+    object: str = "list"
+
+
+class BatchRequestCounts(msgspec.Struct, kw_only=True):
+    total: int
+    completed: int
+    failed: int
+
+
+class CachedTokens(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class ReasoningTokens(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: CachedTokens = msgspec.field(default_factory=CachedTokens)
+    output_tokens_details: ReasoningTokens = msgspec.field(default_factory=ReasoningTokens)
+
+
+class BatchObject(msgspec.Struct, kw_only=True):
+    """The Batch object, field for field (reference doc 2.3); nulls are sent, as the API does."""
+
+    id: str
+    endpoint: str
+    model: str | None
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    usage: BatchUsage | None
+    metadata: dict[str, str] | None
+    object: str = "batch"
+
+
+class ListPage(msgspec.Struct, kw_only=True):
+    data: list[Any]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: str = "list"
+
+
+class ExpiresAfter(msgspec.Struct, kw_only=True):
+    anchor: Any = None
+    seconds: Any = None
+
+
+class CreateBatchBody(msgspec.Struct, kw_only=True):
+    input_file_id: Any = None
+    endpoint: Any = None
+    completion_window: Any = None
+    metadata: Any = None
+    output_expires_after: ExpiresAfter | None = None
+
+
+# --- input and result lines ------------------------------------------------------------------------------
+
+
+class _InputHead(msgspec.Struct):
+    """An input line as validation reads it: the body stays raw (only its model is looked at)."""
+
+    custom_id: Any = None
+    method: Any = None
+    url: Any = None
+    body: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)  # empty when absent
+
+
+class _BodyHead(msgspec.Struct):
+    model: Any = None
+
+
+class InputLine(msgspec.Struct):
+    """A validated input line, as a run reads it."""
+
+    custom_id: str
+    body: dict[str, Any]
+    url: str = ""
+
+    @property
+    def identity(self) -> str:
+        return self.custom_id
+
+
+class LineResponse(msgspec.Struct, kw_only=True):
+    status_code: int
+    request_id: str
+    body: Any
+
+
+class LineError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class ResultLine(msgspec.Struct, kw_only=True):
+    id: str
+    custom_id: str
+    response: LineResponse | None
+    error: LineError | None
+
+
+_NOT_RUN = {
+    Outcome.EXPIRED: ("batch_expired", "This request could not be executed before the completion window expired."),
+    Outcome.CANCELLED: ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+}
+
+
+class OpenAILines:
+    """``LineFormat`` of OpenAI batches: successes to the ``output`` sink, everything else to ``error``."""
+
+    provider = "openai"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def parse(self, raw: bytes) -> InputLine:
+        return msgspec.json.decode(raw, type=InputLine)
+
+    def check(self, parsed: InputLine) -> Decision | None:
+        return check_openai(self.endpoint, parsed.body)
+
+    def ran(self, parsed: InputLine, decision: Decision) -> Written:
+        line_id = "batch_req_" + secrets.token_hex(12)
+        if decision.outcome is Outcome.SUCCEEDED:
+            body = openai_body(self.endpoint, parsed.body)
+            usage = body.get("usage") or {}
+            response = LineResponse(status_code=200, request_id=request_id(), body=body)
+            line = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
+            return Written(msgspec.json.encode(line), "output",
+                           usage.get("prompt_tokens", usage.get("input_tokens", 0)),
+                           usage.get("completion_tokens", usage.get("output_tokens", 0)))
+        status = decision.status or 500
+        error = openai_error_body(status, decision.message, param=decision.param)
+        response = LineResponse(status_code=status, request_id=request_id(), body=error)
+        line = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
+        return Written(msgspec.json.encode(line), "error")
+
+    def not_run(self, parsed: InputLine, outcome: Outcome) -> Written:
+        code, message = _NOT_RUN[outcome]
+        line = ResultLine(id="batch_req_" + secrets.token_hex(12), custom_id=parsed.custom_id, response=None,
+                          error=LineError(code=code, message=message))
+        return Written(msgspec.json.encode(line), "error")
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+class Validation(msgspec.Struct, kw_only=True):
+    errors: list[BatchErrorItem]
+    offsets: array[int]
+    model: str | None
+
+
+def validate_input(path: Path, endpoint: str, config: EmulatorConfig) -> Validation:
+    """Check a batch input file line by line, as a stream; collect up to MAX_LINE_ERRORS line errors."""
+    offsets: array[int] = array("q")
+    errors: list[BatchErrorItem] = []
+    size = path.stat().st_size
+    if size > config.max_batch_file_bytes:
+        limit_mb = config.max_batch_file_bytes // (1024 * 1024)
+        return Validation(errors=[BatchErrorItem(
+            code="file_too_large", message=f"The input file exceeds the {limit_mb} MB limit of a batch.")],
+            offsets=offsets, model=None)
+    seen: set[str] = set()
+    models: str | None = None
+    prompt_tokens = 0
+
+    def fail(code: str, message: str, number: int | None, param: str | None = None) -> None:
+        errors.append(BatchErrorItem(code=code, message=message, param=param, line=number))
+
+    with open(path, "rb") as source:
+        position = 0
+        for number, raw in enumerate(source, start=1):
+            start, position = position, position + len(raw)
+            if not raw.strip():
+                continue
+            if len(offsets) >= config.max_batch_lines:
+                fail("too_many_tasks", f"The batch input file has more than {config.max_batch_lines:,} requests.",
+                     None)
+                break
+            offsets.append(start)
+            try:
+                head = msgspec.json.decode(raw, type=_InputHead)
+                body = bytes(head.body).lstrip()
+                model = msgspec.json.decode(body, type=_BodyHead).model if body.startswith(b"{") else None
+            except msgspec.DecodeError:
+                fail("invalid_json_line", "This line is not parseable as valid JSON.", number)
+            else:
+                if head.custom_id is None:
+                    fail("missing_required_parameter", "Missing required parameter: 'custom_id'.", number,
+                         "custom_id")
+                elif not isinstance(head.custom_id, str):
+                    fail("invalid_type", "Invalid type for 'custom_id': expected a string.", number, "custom_id")
+                elif head.custom_id in seen:
+                    fail("duplicate_custom_id", "The custom_id for this request is a duplicate of another "
+                         "request. The custom_id parameter must be unique for each request in a batch.", number,
+                         "custom_id")
+                else:
+                    seen.add(head.custom_id)
+                if head.method != "POST":
+                    fail("invalid_method", "Invalid value for 'method': only 'POST' is supported.", number,
+                         "method")
+                if head.url != endpoint:
+                    fail("url_mismatch", f"The url of this request does not match the batch endpoint "
+                         f"{endpoint!r}.", number, "url")
+                if not body.startswith(b"{"):
+                    fail("missing_required_parameter", "Missing required parameter: 'body'.", number, "body")
+                elif isinstance(model, str):
+                    if models is None:
+                        models = model
+                    elif model != models:
+                        fail("model_mismatch", "The model of this request differs from the model of the other "
+                             "requests; one batch may use only one model.", number, "body.model")
+                    if config.token_limit is not None:
+                        prompt_tokens += estimate_prompt_tokens(msgspec.json.decode(body))
+            if len(errors) >= MAX_LINE_ERRORS:
+                break
+    if not errors and not offsets:
+        fail("empty_file", "The batch input file is empty.", None)
+    if not errors and config.token_limit is not None and prompt_tokens > config.token_limit:
+        fail("token_limit_exceeded", f"Enqueued token limit reached for {models} in organization org-emulator. "
+             f"Limit: {config.token_limit:,} enqueued tokens. Please try again once some in_progress batches "
+             "have been completed.", None)
+    return Validation(errors=errors, offsets=offsets, model=models)
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+
+
+class OpenAIBatch:
+    """One batch's state. Timestamps are float seconds; the wire view rounds them down."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: str,
+        ordinal: int,
+        created_at: float,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str] | None,
+        output_expires_after: int,
+    ) -> None:
+        self.id = batch_id
+        self.ordinal = ordinal
+        self.created_at = created_at
+        self.input_file_id = input_file_id
+        self.endpoint = endpoint
+        self.completion_window = completion_window
+        self.expires_at = created_at + window_seconds(completion_window)
+        self.metadata = metadata
+        self.output_expires_after = output_expires_after
+        self.status = "validating"
+        self.stamps: dict[str, float] = {}
+        self.errors: list[BatchErrorItem] = []
+        self.model: str | None = None
+        self.run: Run[InputLine] | None = None
+        self.output_file_id: str | None = None
+        self.error_file_id: str | None = None
+        self.lock = anyio.Lock()
+
+    def set(self, status: str, at: float) -> None:
+        self.status = status
+        self.stamps[f"{status}_at"] = at
+
+    def view(self) -> BatchObject:
+        def stamp(name: str) -> int | None:
+            value = self.stamps.get(name)
+            return int(value) if value is not None else None
+
+        run = self.run
+        counts = BatchRequestCounts(
+            total=run.total if run else 0,
+            completed=run.counts[Outcome.SUCCEEDED] if run else 0,
+            failed=run.counts[Outcome.ERRORED] if run else 0,
+        )
+        usage = None
+        if run is not None:
+            usage = BatchUsage(input_tokens=run.input_tokens, output_tokens=run.output_tokens,
+                               total_tokens=run.input_tokens + run.output_tokens)
+        return BatchObject(
+            id=self.id, endpoint=self.endpoint, model=self.model,
+            errors=BatchErrors(data=self.errors) if self.errors else None,
+            input_file_id=self.input_file_id, completion_window=self.completion_window, status=self.status,
+            output_file_id=self.output_file_id, error_file_id=self.error_file_id,
+            created_at=int(self.created_at), in_progress_at=stamp("in_progress_at"),
+            expires_at=int(self.expires_at), finalizing_at=stamp("finalizing_at"),
+            completed_at=stamp("completed_at"), failed_at=stamp("failed_at"), expired_at=stamp("expired_at"),
+            cancelling_at=stamp("cancelling_at"), cancelled_at=stamp("cancelled_at"), request_counts=counts,
+            usage=usage, metadata=self.metadata,
+        )
+
+
+class OpenAIAPI:
+    """Handlers of ``/v1/files`` and ``/v1/batches``."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.files = FileStore(ctx.data_dir / "files", ctx.ledger)
+        self.workdir = ctx.data_dir / "openai-runs"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.batches: dict[str, OpenAIBatch] = {}
+
+    def routes(self) -> list[RouteSpec]:
+        p = "openai"
+        return [
+            RouteSpec("POST", "/v1/files", self.upload, p, "files_upload"),
+            RouteSpec("GET", "/v1/files", self.list_files, p, "files_read"),
+            RouteSpec("GET", "/v1/files/{file_id}", self.get_file, p, "files_read"),
+            RouteSpec("GET", "/v1/files/{file_id}/content", self.file_content, p, "files_content", download=True),
+            RouteSpec("DELETE", "/v1/files/{file_id}", self.delete_file, p, "files_delete"),
+            RouteSpec("POST", "/v1/batches", self.create_batch, p, "batches_create", creates=True),
+            RouteSpec("GET", "/v1/batches", self.list_batches, p, "batches_read"),
+            RouteSpec("GET", "/v1/batches/{batch_id}", self.get_batch, p, "batches_read"),
+            RouteSpec("POST", "/v1/batches/{batch_id}/cancel", self.cancel_batch, p, "batches_cancel"),
+        ]
+
+    # --- files -------------------------------------------------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """Multipart upload, streamed to disk; nested fields in bracket or dot notation."""
+        config = self.ctx.config
+        if not request.content_type.startswith("multipart/form-data"):
+            return openai_error(400, "Expected a multipart/form-data body.")
+        fields: dict[str, str] = {}
+        file_id = self.files.new_id()
+        target = self.files.path(file_id)
+        filename: str | None = None
+        size = lines = 0
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name is None:
+                    continue
+                if part.name != "file":
+                    fields[part.name.replace("[", ".").rstrip("]")] = await part.text()
+                    continue
+                filename = part.filename or "upload"
+                last = b"\n"
+                async with await anyio.open_file(target, "wb") as out:
+                    while chunk := await part.read_chunk(CHUNK):
+                        size += len(chunk)
+                        if size > config.max_file_bytes:
+                            limit_mb = config.max_file_bytes // (1024 * 1024)
+                            raise _Rejected(413, f"File is too large: the limit is {limit_mb} MB.", "file")
+                        lines += chunk.count(b"\n")
+                        last = chunk[-1:]
+                        await out.write(chunk)
+                if last != b"\n":
+                    lines += 1  # a last line without its newline
+            obj = self._file_object(file_id, filename, size, fields)
+        except _Rejected as rejected:
+            target.unlink(missing_ok=True)
+            return openai_error(rejected.status, rejected.message, param=rejected.param)
+        return json_response(self.files.add(obj, lines, created_at=self.ctx.clock.now()))
+
+    def _file_object(self, file_id: str, filename: str | None, size: int, fields: dict[str, str]) -> FileObject:
+        purpose = fields.get("purpose")
+        if filename is None:
+            raise _Rejected(400, "Missing required parameter: 'file'.", "file")
+        if purpose is None:
+            raise _Rejected(400, "Missing required parameter: 'purpose'.", "purpose")
+        if purpose not in UPLOAD_PURPOSES:
+            raise _Rejected(400, f"Invalid value for 'purpose': {purpose!r}. Supported values are: "
+                            f"{', '.join(UPLOAD_PURPOSES)}.", "purpose")
+        if purpose == "batch" and not filename.endswith(".jsonl"):
+            raise _Rejected(400, "Invalid file format for Batch API. Must be .jsonl", "file")
+        now = int(self.ctx.clock.now())
+        expires_at = now + OUTPUT_EXPIRY if purpose == "batch" else None
+        if "expires_after.seconds" in fields or "expires_after.anchor" in fields:
+            seconds = _expiry_seconds(fields.get("expires_after.anchor"), fields.get("expires_after.seconds"),
+                                      "expires_after")
+            expires_at = now + seconds
+        return FileObject(id=file_id, bytes=size, created_at=now, expires_at=expires_at, filename=filename,
+                          purpose=purpose)
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        try:
+            limit = query_int(request, "limit", 10_000, 1, 10_000)
+        except ValueError as exc:
+            return openai_error(400, str(exc), param="limit")
+        order = request.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return openai_error(400, f"Invalid value for 'order': {order!r}.", param="order")
+        items = list(self.files.listing(request.query.get("purpose")))
+        if order == "desc":
+            items.reverse()
+        return self._page(items, request.query.get("after"), limit)
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        obj = self.files.get(request.match_info["file_id"])
+        return json_response(obj) if obj else _no_file(request)
+
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
+        file_id = request.match_info["file_id"]
+        if self.files.get(file_id) is None:
+            return _no_file(request)
+        return await stream_file(request, self.files.path(file_id), "application/octet-stream")
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        return json_response(FileDeleted(id=file_id)) if self.files.delete(file_id) else _no_file(request)
+
+    # --- batches -----------------------------------------------------------------------------------------
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        try:
+            body = msgspec.json.decode(await request.read(), type=CreateBatchBody)
+            batch = self._new_batch(body)
+        except msgspec.DecodeError as exc:
+            return openai_error(400, f"Invalid request body: {exc}")
+        except _Rejected as rejected:
+            return openai_error(rejected.status, rejected.message, param=rejected.param)
+        self.batches[batch.id] = batch
+        self.ctx.ledger.add_batch(BatchRecord(
+            id=batch.id, provider="openai", ordinal=batch.ordinal, created_at=batch.created_at,
+            endpoint=batch.endpoint, metadata=batch.metadata, request_count=0, status=batch.status))
+        return json_response(batch.view())
+
+    def _new_batch(self, body: CreateBatchBody) -> OpenAIBatch:
+        config = self.ctx.config
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if getattr(body, name) is None:
+                raise _Rejected(400, f"Missing required parameter: '{name}'.", name)
+        source = self.files.get(str(body.input_file_id))
+        if source is None:
+            raise _Rejected(404, f"No such File object: {body.input_file_id}", "input_file_id")
+        if source.purpose != "batch":
+            raise _Rejected(400, f"File {source.id} has purpose {source.purpose!r}; a batch input file must "
+                            "be uploaded with purpose 'batch'.", "input_file_id")
+        if body.endpoint not in OPENAI_ENDPOINTS:
+            raise _Rejected(400, f"Invalid value for 'endpoint': {body.endpoint!r}. Supported values are: "
+                            f"{', '.join(OPENAI_ENDPOINTS)}.", "endpoint")
+        if body.completion_window not in config.completion_windows:
+            raise _Rejected(400, f"Invalid value for 'completion_window': {body.completion_window!r}. Supported "
+                            f"values are: {', '.join(config.completion_windows)}.", "completion_window")
+        output_expiry = OUTPUT_EXPIRY
+        if body.output_expires_after is not None:
+            output_expiry = _expiry_seconds(body.output_expires_after.anchor, body.output_expires_after.seconds,
+                                            "output_expires_after")
+        return OpenAIBatch(
+            batch_id="batch_" + secrets.token_hex(12), ordinal=self.ctx.next_ordinal(),
+            created_at=self.ctx.clock.now(), input_file_id=source.id, endpoint=body.endpoint,
+            completion_window=body.completion_window, metadata=_metadata(body.metadata),
+            output_expires_after=output_expiry,
+        )
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return _no_batch(request)
+        await self.advance(batch)
+        return json_response(batch.view())
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        try:
+            limit = query_int(request, "limit", 20, 1, 100)
+        except ValueError as exc:
+            return openai_error(400, str(exc), param="limit")
+        items = list(reversed(self.batches.values()))
+        for batch in items:
+            await self.advance(batch)
+        return self._page([b.view() for b in items], request.query.get("after"), limit)
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return _no_batch(request)
+        await self.advance(batch)
+        async with batch.lock:
+            if batch.status in ("validating", "in_progress", "finalizing"):
+                batch.set("cancelling", self.ctx.clock.now())
+                self.ctx.ledger.update_batch(batch.id, status=batch.status)
+            elif batch.status not in ("cancelling", "cancelled"):
+                return openai_error(400, f"Cannot cancel a batch with status '{batch.status}'.")
+        return json_response(batch.view())
+
+    def _page(self, items: list[Any], after: str | None, limit: int) -> web.Response:
+        try:
+            page, has_more = after_cursor(items, after, limit)
+        except KeyError:
+            return openai_error(400, f"Invalid value for 'after': no object with id {after!r}.", param="after")
+        return json_response(ListPage(data=page, first_id=page[0].id if page else None,
+                                      last_id=page[-1].id if page else None, has_more=has_more))
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def advance(self, batch: OpenAIBatch) -> None:
+        """Bring ``batch`` up to date with the clock: validate, run requests, end it."""
+        async with batch.lock:
+            config, now = self.ctx.config, self.ctx.clock.now()
+            if batch.status == "validating" and now >= batch.created_at + config.validate_after:
+                await self._validate(batch, batch.created_at + config.validate_after)
+            if batch.status == "in_progress":
+                await self._progress(batch, now)
+            if batch.status == "finalizing":
+                done_at = batch.stamps["finalizing_at"] + config.finalize_after
+                if now >= done_at:
+                    await self._end(batch, "completed", done_at)
+            if batch.status == "cancelling":
+                done_at = batch.stamps["cancelling_at"] + config.cancel_after
+                if now >= done_at:
+                    await self._end(batch, "cancelled", done_at)
+
+    async def _validate(self, batch: OpenAIBatch, at: float) -> None:
+        config = self.ctx.config
+        path = self.files.path(batch.input_file_id)
+        if self.files.get(batch.input_file_id) is None:
+            result = Validation(errors=[BatchErrorItem(code="invalid_request", message=(
+                f"The input file {batch.input_file_id} was deleted before the batch was validated."))],
+                offsets=array("q"), model=None)
+        else:
+            result = await anyio.to_thread.run_sync(validate_input, path, batch.endpoint, config)
+        batch.model = result.model
+        if result.errors:
+            batch.errors = result.errors
+            batch.set("failed", at)
+            self.ctx.ledger.update_batch(batch.id, status="failed", request_count=len(result.offsets))
+            return
+        batch.run = Run(fmt=OpenAILines(batch.endpoint), batch_id=batch.id, input_path=path,
+                        offsets=result.offsets, workdir=self.workdir, shuffle_seed=f"{config.seed}:{batch.ordinal}")
+        batch.set("in_progress", at)
+        self.ctx.ledger.update_batch(batch.id, status="in_progress", request_count=batch.run.total)
+
+    async def _progress(self, batch: OpenAIBatch, now: float) -> None:
+        run, config = batch.run, self.ctx.config
+        assert run is not None
+        start = batch.stamps["in_progress_at"]
+        end = max(batch.created_at + config.complete_after, start)
+        deadline = min(end, batch.expires_at)
+        forced = batch.ordinal in config.expire_batches
+        target = done_target(run.total, start=start, end=end, now=min(now, deadline),
+                             fraction=config.expire_done_fraction if forced else 1.0)
+        await anyio.to_thread.run_sync(run.run_until, target, self.ctx.ledger, config)
+        if now < deadline:
+            return
+        if forced or end > batch.expires_at or run.deferred:
+            await self._end(batch, "expired", deadline)
+        else:
+            batch.set("finalizing", deadline)
+            self.ctx.ledger.update_batch(batch.id, status="finalizing")
+
+    async def _end(self, batch: OpenAIBatch, status: str, at: float) -> None:
+        run = batch.run
+        if run is not None:
+            unrun = Outcome.CANCELLED if status == "cancelled" else Outcome.EXPIRED
+            await anyio.to_thread.run_sync(run.finish, unrun, self.ctx.ledger)
+            batch.output_file_id = await self._adopt(batch, run, "output")
+            batch.error_file_id = await self._adopt(batch, run, "error")
+        batch.set(status, at)
+        self.ctx.ledger.update_batch(batch.id, status=status)
+
+    async def _adopt(self, batch: OpenAIBatch, run: Run[InputLine], sink: str) -> str | None:
+        if not run.sink_lines[sink]:
+            return None
+        obj = await anyio.to_thread.run_sync(lambda: self.files.adopt(
+            run.sink_path(sink), filename=f"{batch.id}_{sink}.jsonl", purpose="batch_output",
+            now=self.ctx.clock.now(), expires_after=batch.output_expires_after))
+        return obj.id
+
+
+class _Rejected(Exception):
+    """A request the API refuses; turned into an error envelope by the handler."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+def _expiry_seconds(anchor: object, seconds: object, field: str) -> int:
+    if anchor not in (None, "created_at"):
+        raise _Rejected(400, f"Invalid value for '{field}.anchor': only 'created_at' is supported.",
+                        f"{field}.anchor")
+    try:
+        value = int(str(seconds))
+    except ValueError:
+        raise _Rejected(400, f"Invalid value for '{field}.seconds': expected an integer.",
+                        f"{field}.seconds") from None
+    low, high = EXPIRY_RANGE
+    if not low <= value <= high:
+        raise _Rejected(400, f"Invalid value for '{field}.seconds': must be between {low} and {high}.",
+                        f"{field}.seconds")
+    return value
+
+
+def _metadata(value: object) -> dict[str, str] | None:
+    """Metadata as the API bounds it: at most 16 pairs, keys <= 64 chars, string values <= 512 chars."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Rejected(400, "Invalid type for 'metadata': expected an object.", "metadata")
+    if len(value) > 16:
+        raise _Rejected(400, "Invalid 'metadata': at most 16 key-value pairs are allowed.", "metadata")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise _Rejected(400, f"Invalid 'metadata': key {key[:64]!r}... is longer than 64 characters.",
+                            "metadata")
+        if not isinstance(item, str):
+            raise _Rejected(400, f"Invalid 'metadata.{key}': values must be strings.", "metadata")
+        if len(item) > 512:
+            raise _Rejected(400, f"Invalid 'metadata.{key}': values may be at most 512 characters.", "metadata")
+    return dict(value)
+
+
+def _no_file(request: web.Request) -> web.Response:
+    return openai_error(404, f"No such File object: {request.match_info['file_id']}", param="id")
+
+
+def _no_batch(request: web.Request) -> web.Response:
+    return openai_error(404, f"No batch found with id '{request.match_info['batch_id']}'.", param="batch_id")
