@@ -221,11 +221,12 @@ def _drop(request: web.Request) -> None:
 class Emulator:
     """A running emulator. ``config`` is live: mutate it and the next request sees the change."""
 
-    def __init__(self, *, url: str, ctx: Context) -> None:
+    def __init__(self, *, url: str, server: Server) -> None:
         self.url = url
         self.openai_base_url = url + "/v1"
         self.anthropic_base_url = url
-        self._ctx = ctx
+        self._server = server
+        self._ctx = server.ctx
 
     @property
     def config(self) -> EmulatorConfig:
@@ -242,6 +243,17 @@ class Emulator:
     @property
     def data_dir(self) -> Path:
         return self._ctx.data_dir
+
+    def sent_requests(self, batch_id: str) -> list[dict[str, Any]]:
+        """The request lines of a batch exactly as the client sent them (OpenAI input lines, or Anthropic
+        ``{custom_id, params}`` items). Reads the whole input: meant for tests of small batches."""
+        openai_batch = self._server.openai.batches.get(batch_id)
+        if openai_batch is not None:
+            path = self._server.openai.files.path(openai_batch.input_file_id)
+        else:
+            path = self._server.anthropic.batches[batch_id].run.input_path
+        with open(path, "rb") as source:
+            return [msgspec.json.decode(line) for line in source if line.strip()]
 
     def __repr__(self) -> str:
         return f"Emulator({self.url!r})"
@@ -264,13 +276,14 @@ async def run_emulator(
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncbatch-emulator-")))
         data_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(config or EmulatorConfig(), Ledger(), Clock(), data_dir)
-        runner = web.AppRunner(Server(ctx).app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        server = Server(ctx)
+        runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_port = runner.addresses[0][1]
-        yield Emulator(url=f"http://{host}:{bound_port}", ctx=ctx)
+        yield Emulator(url=f"http://{host}:{bound_port}", server=server)
 
 
 class EmulatorThread:
