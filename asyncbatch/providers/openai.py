@@ -12,7 +12,7 @@ import datetime as dt
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -463,6 +463,12 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # --- normalisation -----------------------------------------------------------------------------------
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 from aiohttp import web
-from openai_support import chat, json_handler, stub_host, write_shard
+from openai_support import FAST_RETRY, chat, json_handler, stub_host, write_shard
 
-from asyncbatch.errors import AuthenticationError, ValidationError
-from asyncbatch.model import BatchStatus, Outcome, Request, Usage
-from asyncbatch.providers.base import Provider, RemoteBatch
+from asyncbatch.emulator import Emulator, EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.errors import AuthenticationError, BadRequestError, ValidationError
+from asyncbatch.http import RetryPolicy
+from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
+from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
 from asyncbatch.providers.openai import TOKEN_KEY, AzureOpenAIProvider, OpenAIProvider
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
@@ -162,19 +168,17 @@ def test_repr_and_missing_key_never_show_a_key(monkeypatch: pytest.MonkeyPatch) 
 async def test_missing_key_is_reported_at_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
-    provider = OpenAIProvider()  # building without a key is fine: `asyncbatch status` needs no key
-    with pytest.raises(AuthenticationError, match="OPENAI_API_KEY"):
-        await provider.retrieve("batch_1")
-    azure = AzureOpenAIProvider(base_url="https://r.openai.azure.com")
-    with pytest.raises(AuthenticationError, match="AZURE_OPENAI_API_KEY"):
-        await azure.retrieve("batch_1")
-    await provider.aclose()
+    async with OpenAIProvider() as provider:  # building without a key is fine: `asyncbatch status` needs none
+        with pytest.raises(AuthenticationError, match="OPENAI_API_KEY"):
+            await provider.retrieve("batch_1")
+    async with AzureOpenAIProvider(base_url="https://r.openai.azure.com") as azure:
+        with pytest.raises(AuthenticationError, match="AZURE_OPENAI_API_KEY"):
+            await azure.retrieve("batch_1")
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    async with stub_host({"GET /v1/batches/batch_1": json_handler(_batch_json("batch_1"))}) as host:
-        from_env = OpenAIProvider(base_url=host.url + "/v1")
+    routes = {"GET /v1/batches/batch_1": json_handler(_batch_json("batch_1"))}
+    async with stub_host(routes) as host, OpenAIProvider(base_url=host.url + "/v1") as from_env:
         assert (await from_env.retrieve("batch_1")).id == "batch_1"
         assert host.seen[0].headers["authorization"] == f"Bearer {SECRET}"
-        await from_env.aclose()
 
 
 def _read(path: Path) -> bytes:
@@ -231,14 +235,15 @@ async def test_azure_api_version_routes(spool_dir: Path, workdir: Path) -> None:
         ),
         "GET /openai/files/file-out/content": content,
     }
-    async with stub_host(routes) as host:
-        provider = AzureOpenAIProvider(api_key=SECRET, base_url=host.url, api_version="2024-10-21")
+    async with (
+        stub_host(routes) as host,
+        AzureOpenAIProvider(api_key=SECRET, base_url=host.url, api_version="2024-10-21") as provider,
+    ):
         shard = write_shard(provider, spool_dir, [chat("a", "hi")])
         file_id = await provider.upload(shard)
         created = await provider.create(shard, file_id)
         batch = await provider.retrieve(created.id)
         results = [r async for r in provider.results(batch, workdir)]
-        await provider.aclose()
     assert host.paths() == [
         "/openai/files",
         "/openai/batches",
@@ -280,14 +285,13 @@ async def test_groq_cursor_paging_and_bare_errors(spool_dir: Path) -> None:
         "errors": [{"code": "invalid_json_line", "message": "bad line", "line": 3, "param": None}]
     }
     routes = {"GET /openai/v1/batches": listing, "GET /openai/v1/batches/batch_03": json_handler(failed)}
-    async with stub_host(routes) as host:
-        groq = OpenAIProvider(
-            name="groq", api_key="gsk", base_url=host.url + "/openai/v1", completion_windows=("24h", "7d")
-        )
+    async with (
+        stub_host(routes) as host,
+        OpenAIProvider(name="groq", api_key="gsk", base_url=host.url + "/openai/v1") as groq,
+    ):
         shard = write_shard(groq, spool_dir, [chat("a", "hi")], token=provider_shard_token)
         found = await groq.find(shard)
         batch = await groq.retrieve("batch_03")
-        await groq.aclose()
     assert found is not None and found.id == "batch_02" and found.token == provider_shard_token
     assert [s.query for s in host.seen[:2]] == [{"limit": "100"}, {"limit": "100", "cursor": "page2"}]
     assert batch.status is BatchStatus.FAILED
@@ -308,12 +312,13 @@ async def test_together_shapes(spool_dir: Path) -> None:
         "POST /v1/batches": json_handler({"job": job, "warning": None}),
         "GET /v1/batches": json_handler([job | {"status": "IN_PROGRESS"}]),
     }
-    async with stub_host(routes) as host:
-        together = OpenAIProvider(name="together", api_key="tk", base_url=host.url + "/v1", file_purpose="batch-api")
+    async with (
+        stub_host(routes) as host,
+        OpenAIProvider(name="together", api_key="tk", base_url=host.url + "/v1", file_purpose="batch-api") as together,
+    ):
         shard = write_shard(together, spool_dir, [chat("a", "hi")])
         batch = await together.create(shard, await together.upload(shard))
         assert await together.find(shard) is None  # Together keeps no metadata: nothing to match on
-        await together.aclose()
     assert _multipart_fields(host.seen[0].body)["purpose"] == b"batch-api"
     assert batch == RemoteBatch(
         id="tb-1", status=BatchStatus.VALIDATING, raw_status="VALIDATING", created_at=1767225610.0
@@ -334,8 +339,10 @@ async def test_find_stops_paging_at_the_horizon(spool_dir: Path) -> None:
         data = pages[request.query.get("after")]
         return web.json_response({"object": "list", "data": data, "has_more": True, "last_id": data[-1]["id"]})
 
-    async with stub_host({"GET /v1/batches": listing}) as host:
-        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+    async with (
+        stub_host({"GET /v1/batches": listing}) as host,
+        OpenAIProvider(api_key="k", base_url=host.url + "/v1") as provider,
+    ):
         recent = write_shard(provider, spool_dir, [chat("a", "hi")], created_at=now - 30 * 60)
         assert await provider.find(recent) is None
         assert [s.query.get("after") for s in host.seen] == [None]  # page 1 already reaches past 40 min ago
@@ -343,7 +350,6 @@ async def test_find_stops_paging_at_the_horizon(spool_dir: Path) -> None:
         older = write_shard(provider, spool_dir, [chat("a", "hi")], created_at=now - 80 * 60)
         assert await provider.find(older) is None
         assert [s.query.get("after") for s in host.seen] == [None, "batch_049"]
-        await provider.aclose()
 
 
 async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, workdir: Path) -> None:
@@ -364,8 +370,7 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
 
     routes = {"GET /v1/files/file-big/content": content}
     batch = RemoteBatch(id="batch_big", status=BatchStatus.COMPLETED, raw_status="completed", output_file_id="file-big")
-    async with stub_host(routes) as host:
-        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+    async with stub_host(routes) as host, OpenAIProvider(api_key="k", base_url=host.url + "/v1") as provider:
         tracemalloc.start()
         count = tokens = 0
         async for result in provider.results(batch, workdir):
@@ -382,7 +387,6 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
         assert first.wire_id == "c0" and len(_listdir(workdir)) == 1
         await stream.aclose()
         assert _listdir(workdir) == []
-        await provider.aclose()
 
 
 async def test_result_lines_are_normalised(workdir: Path) -> None:
@@ -423,10 +427,8 @@ async def test_result_lines_are_normalised(workdir: Path) -> None:
         output_file_id="file-out",
         error_file_id="file-err",
     )
-    async with stub_host(routes) as host:
-        provider = OpenAIProvider(api_key="k", base_url=host.url + "/v1")
+    async with stub_host(routes) as host, OpenAIProvider(api_key="k", base_url=host.url + "/v1") as provider:
         results = {r.wire_id: r async for r in provider.results(batch, workdir)}
-        await provider.aclose()
     assert all(s.headers["accept"] == "application/binary" for s in host.seen)
     assert list(results) == ["chat", "resp", "emb", "bad", "boom", "late", "stop", "odd"]
     ok = results["chat"]
@@ -457,3 +459,249 @@ async def test_result_lines_are_normalised(workdir: Path) -> None:
         (Outcome.FAILED, "server_error", None),
     ]
     assert results["odd"].error_message == "server_error happened"
+
+
+# --- against the emulator --------------------------------------------------------------------------------
+
+KEY = "sk-emu-key-0123456789"
+
+
+@pytest.fixture
+async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def provider(emu: Emulator) -> AsyncIterator[OpenAIProvider]:
+    async with OpenAIProvider(api_key=KEY, base_url=emu.openai_base_url, retry=FAST_RETRY) as openai:
+        yield openai
+
+
+async def _until_ended(provider: OpenAIProvider, batch: RemoteBatch) -> RemoteBatch:
+    with anyio.fail_after(10):
+        while not batch.status.is_terminal:
+            await anyio.sleep(0.01)
+            batch = await provider.retrieve(batch.id)
+    return batch
+
+
+async def _run(provider: OpenAIProvider, shard: ShardInfo) -> RemoteBatch:
+    return await _until_ended(provider, await provider.create(shard, await provider.upload(shard)))
+
+
+async def _collect(provider: OpenAIProvider, batch: RemoteBatch, workdir: Path) -> dict[str, ResultLine]:
+    results = {r.wire_id: r async for r in provider.results(batch, workdir)}
+    assert _listdir(workdir) == []
+    return results
+
+
+MIXED = [
+    chat("ok-1", "hello there"),
+    chat("ok-2", "a longer prompt " * 20),
+    chat("bad", "please [[fail:400]]"),
+    chat("boom", "please [[fail:500]]"),
+    chat('odd "id" \u00e9', "unicode id"),
+]
+
+
+async def test_full_cycle(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path) -> None:
+    shard = write_shard(provider, spool_dir, MIXED, metadata={"team": "eval"})
+    file_id = await provider.upload(shard)
+    created = await provider.create(shard, file_id)
+    assert created.token == shard.token and created.status is BatchStatus.VALIDATING
+    batch = await _until_ended(provider, created)
+    assert (batch.status, batch.counts) == (BatchStatus.COMPLETED, {"total": 5, "completed": 3, "failed": 2})
+    assert batch.output_file_id and batch.error_file_id and batch.created_at > time.time() - 60
+
+    (uploaded,) = [f for f in emu.ledger.files if f.id == file_id]
+    assert (uploaded.filename, uploaded.purpose, uploaded.bytes, uploaded.lines) == (
+        "job_test-1.jsonl",
+        "batch",
+        shard.bytes,
+        5,
+    )
+    (record,) = emu.ledger.batches_created()
+    assert record.metadata == {"team": "eval", TOKEN_KEY: shard.token}
+    assert record.endpoint == "/v1/chat/completions"
+    sent = emu.sent_requests(batch.id)
+    assert [line["custom_id"] for line in sent] == [r.custom_id for r in MIXED]
+    assert all(line["method"] == "POST" and line["url"] == "/v1/chat/completions" for line in sent)
+    assert [line["body"] for line in sent] == [r.body for r in MIXED]
+
+    results = await _collect(provider, batch, workdir)
+    assert {k: (r.outcome, r.status_code) for k, r in results.items()} == {
+        "ok-1": (Outcome.SUCCEEDED, 200),
+        "ok-2": (Outcome.SUCCEEDED, 200),
+        'odd "id" \u00e9': (Outcome.SUCCEEDED, 200),
+        "bad": (Outcome.ERRORED, 400),
+        "boom": (Outcome.ERRORED, 500),
+    }
+    for result in results.values():
+        assert result.request_id and result.line_id and result.body is not None
+    ok = results["ok-2"]
+    assert ok.model == "gpt-5.4-mini" and ok.usage is not None
+    assert ok.usage.input_tokens > results["ok-1"].usage.input_tokens > 0  # type: ignore[union-attr]
+    assert ok.usage.output_tokens > 0
+    body = msgspec.json.decode(ok.body)  # type: ignore[arg-type]
+    assert body["usage"]["prompt_tokens"] == ok.usage.input_tokens
+    assert results["bad"].error_code and results["bad"].usage is None
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        Request(custom_id="e", url="/v1/embeddings", body={"model": "text-embedding-3-small", "input": "hi"}),
+        Request(custom_id="r", url="/v1/responses", body={"model": "gpt-5.4-mini", "input": "hello there"}),
+    ],
+)
+async def test_usage_of_other_endpoints(
+    provider: OpenAIProvider, spool_dir: Path, workdir: Path, request_: Request
+) -> None:
+    batch = await _run(provider, write_shard(provider, spool_dir, [request_]))
+    (result,) = (await _collect(provider, batch, workdir)).values()
+    assert result.outcome is Outcome.SUCCEEDED and result.usage is not None and result.usage.input_tokens > 0
+
+
+async def test_expired_batch(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path) -> None:
+    emu.config.expire_batches = [1]
+    batch = await _run(provider, write_shard(provider, spool_dir, [chat(f"r{i}", "hi") for i in range(10)]))
+    assert batch.status is BatchStatus.EXPIRED
+    outcomes = Counter(r.outcome for r in (await _collect(provider, batch, workdir)).values())
+    assert set(outcomes) == {Outcome.SUCCEEDED, Outcome.EXPIRED} and sum(outcomes.values()) == 10
+
+
+async def test_cancel(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path) -> None:
+    emu.config.complete_after = 3600
+    shard = write_shard(provider, spool_dir, [chat(f"r{i}", "hi") for i in range(4)])
+    created = await provider.create(shard, await provider.upload(shard))
+    cancelling = await provider.cancel(created.id)
+    assert cancelling.cancel_requested and cancelling.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+    batch = await _until_ended(provider, cancelling)
+    assert batch.status is BatchStatus.CANCELLED and batch.cancel_requested
+    results = await _collect(provider, batch, workdir)
+    assert {r.outcome for r in results.values()} == {Outcome.CANCELLED}
+    assert {r.error_code for r in results.values()} == {"batch_cancelled"}
+
+
+async def test_find_recovers_a_lost_create(emu: Emulator, provider: OpenAIProvider, spool_dir: Path) -> None:
+    shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+    other = write_shard(provider, spool_dir, [chat("b", "hi")], shard_id=2)
+    assert await provider.find(shard) is None
+    created = await provider.create(shard, await provider.upload(shard))  # ... and the id is "lost"
+    await provider.create(other, await provider.upload(other))
+    found = await provider.find(shard)
+    assert found is not None and (found.id, found.token) == (created.id, shard.token)
+    absent = write_shard(provider, spool_dir, [chat("c", "hi")], shard_id=3)
+    assert await provider.find(absent) is None
+
+
+async def test_dropped_create_reply_does_not_create_twice(
+    emu: Emulator, provider: OpenAIProvider, spool_dir: Path
+) -> None:
+    """The batch is created but the reply is lost: create() finds it by token instead of making another."""
+    shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+    file_id = await provider.upload(shard)
+    emu.config.faults = {"batches_create": FaultSpec(drop_after_create_rate=1.0, max_faults=1)}
+    batch = await provider.create(shard, file_id)
+    (record,) = emu.ledger.batches_created()
+    assert batch.id == record.id and batch.token == shard.token
+    assert [f.kind for f in emu.ledger.faults] == ["drop_after_create"]
+
+
+async def test_rate_limits_honour_retry_after(emu: Emulator, provider: OpenAIProvider, spool_dir: Path) -> None:
+    shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+    created = await provider.create(shard, await provider.upload(shard))
+    emu.config.faults = {
+        "batches_read": FaultSpec(rate_429=1.0, retry_after=0.2, max_faults=2),
+        "batches_create": FaultSpec(rate_429=1.0, retry_after=0.1, max_faults=1),
+    }
+    started = time.monotonic()
+    assert (await provider.retrieve(created.id)).id == created.id
+    assert time.monotonic() - started >= 0.4
+    second = write_shard(provider, spool_dir, [chat("b", "hi")], shard_id=2)
+    await provider.create(second, await provider.upload(second))
+    assert [f.kind for f in emu.ledger.faults] == ["429", "429", "429"]
+    assert len(emu.ledger.batches_created()) == 2
+
+
+async def test_server_error_storm(emu: Emulator, spool_dir: Path, workdir: Path) -> None:
+    """5xx all over (and twice on create): the run completes with one batch and the right results."""
+    emu.config.faults = {
+        "*": FaultSpec(rate_500=0.3, rate_503=0.3, max_faults=12),
+        "batches_create": FaultSpec(rate_500=1.0, max_faults=2),
+    }
+    retry = RetryPolicy(max_retries=12, base_delay=0.005, max_delay=0.02)
+    async with OpenAIProvider(api_key=KEY, base_url=emu.openai_base_url, retry=retry) as provider:
+        batch = await _run(provider, write_shard(provider, spool_dir, MIXED))
+        results = await _collect(provider, batch, workdir)
+    assert {k: r.outcome for k, r in results.items()} == {r.custom_id: _expected(r) for r in MIXED}
+    assert len(emu.ledger.batches_created()) == 1
+    faults = Counter((f.group, f.kind) for f in emu.ledger.faults)
+    assert faults[("batches_create", "500")] == 2
+    assert {kind for _, kind in faults} == {"500", "503"} and faults.total() >= 6
+
+
+def _expected(request: Request) -> Outcome:
+    return Outcome.ERRORED if "[[fail:" in request.body["messages"][0]["content"] else Outcome.SUCCEEDED
+
+
+async def test_dropped_connections(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path) -> None:
+    emu.config.faults = {
+        group: FaultSpec(drop_rate=1.0, max_faults=2)
+        for group in ("files_upload", "batches_create", "batches_read", "files_content")
+    }
+    batch = await _run(provider, write_shard(provider, spool_dir, MIXED))
+    results = await _collect(provider, batch, workdir)
+    assert len(results) == 5 and len(emu.ledger.batches_created()) == 1
+    assert Counter(f.group for f in emu.ledger.faults) == {
+        "files_upload": 2,
+        "batches_create": 2,
+        "batches_read": 2,
+        "files_content": 2,
+    }
+
+
+async def test_truncated_downloads_are_retried(
+    emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path
+) -> None:
+    batch = await _run(provider, write_shard(provider, spool_dir, MIXED))
+    clean = await _collect(provider, batch, workdir)
+    emu.config.faults = {"files_content": FaultSpec(truncate_rate=1.0, max_faults=3)}
+    assert await _collect(provider, batch, workdir) == clean
+    assert [f.kind for f in emu.ledger.faults] == ["truncate"] * 3
+
+
+async def test_wrong_key_never_leaks(emu: Emulator, spool_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    emu.config.api_keys = ["sk-the-right-one"]
+    caplog.set_level(logging.DEBUG)
+    async with OpenAIProvider(api_key=SECRET, base_url=emu.openai_base_url, retry=FAST_RETRY) as provider:
+        shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+        for call in (provider.upload(shard), provider.find(shard), provider.cancel("batch_x")):
+            with pytest.raises(AuthenticationError) as info:
+                await call
+            error = info.value
+            assert error.status == 401
+            for text in (str(error), repr(error), error.message, repr(provider)):
+                assert SECRET not in text
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=BadRequestError,
+    reason="the emulator rejects Azure's batch endpoint form '/chat/completions' (reference §5.1)",
+)
+async def test_azure_style_run(emu: Emulator, spool_dir: Path, workdir: Path) -> None:
+    emu.config.api_keys = [KEY]  # the upload must pass with the `api-key` header alone
+    async with AzureOpenAIProvider(api_key=KEY, base_url=emu.openai_base_url, retry=FAST_RETRY) as azure:
+        shard = write_shard(azure, spool_dir, MIXED[:3])
+        batch = await _run(azure, shard)
+        results = await _collect(azure, batch, workdir)
+    assert {k: r.outcome for k, r in results.items()} == {
+        "ok-1": Outcome.SUCCEEDED,
+        "ok-2": Outcome.SUCCEEDED,
+        "bad": Outcome.ERRORED,
+    }
+    (record,) = emu.ledger.batches_created()
+    assert record.endpoint == "/chat/completions"
