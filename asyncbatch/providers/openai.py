@@ -122,7 +122,7 @@ class _BatchPage(msgspec.Struct):
     paging: _Paging | None = None
 
 
-class _CreateBatch(msgspec.Struct, omit_defaults=True):
+class _CreateBatch(msgspec.Struct):
     input_file_id: str
     endpoint: str
     completion_window: str

@@ -234,22 +234,27 @@ async def test_azure_api_version_routes(spool_dir: Path, workdir: Path) -> None:
             | {"created_at": "2026-01-01T00:00:00Z"}
         ),
         "GET /openai/files/file-out/content": content,
+        "GET /openai/batches": json_handler({"data": [_batch_json("batch_az", time.time(), token="a" * 32)]}),
     }
     async with (
         stub_host(routes) as host,
         AzureOpenAIProvider(api_key=SECRET, base_url=host.url, api_version="2024-10-21") as provider,
     ):
-        shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+        shard = write_shard(provider, spool_dir, [chat("a", "hi")], token="a" * 32)
         file_id = await provider.upload(shard)
         created = await provider.create(shard, file_id)
         batch = await provider.retrieve(created.id)
         results = [r async for r in provider.results(batch, workdir)]
+        found = await provider.find(shard)
+    assert found is not None and found.id == "batch_az"
     assert host.paths() == [
         "/openai/files",
         "/openai/batches",
         "/openai/batches/batch_az",
         "/openai/files/file-out/content",
+        "/openai/batches",
     ]
+    assert host.seen.pop().query == {"api-version": "2024-10-21", "limit": "100"}
     for seen in host.seen:
         assert seen.query == {"api-version": "2024-10-21"}
         assert seen.headers["api-key"] == SECRET
