@@ -324,9 +324,8 @@ class EmulatorThread:
                 self._token = anyio.lowlevel.current_token()
                 self._ready.set()
                 await self._stop.wait()
-        except BaseException as exc:
+        except Exception as exc:  # reported by start(), in the caller's thread
             self._error = exc
-            raise
         finally:
             self._ready.set()
 
@@ -336,7 +335,7 @@ class EmulatorThread:
         if self._stop is not None and self._token is not None and self._thread.is_alive():
             anyio.from_thread.run_sync(self._stop.set, token=self._token)
         self._thread.join()
-        self._thread = None
+        self._thread = self._emulator = None
 
     def __enter__(self) -> EmulatorThread:
         return self.start()

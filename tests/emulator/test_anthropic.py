@@ -11,20 +11,17 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic
 from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
+from anthropic.types.messages.batch_create_params import Request
 
 from asyncbatch.emulator import Emulator, anthropic_identity
 
 from .conftest import KEY
+from .support import anthropic_item as item
 from .support import conform
 
 
-def item(custom_id: str, text: str = "Is 7 prime?", **params: Any) -> dict[str, Any]:
-    body = {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
-    return {"custom_id": custom_id, "params": {**body, **params}}
-
-
-async def create_strict(client: AsyncAnthropic, requests: list[dict[str, Any]]) -> MessageBatch:
-    raw = await client.messages.batches.with_raw_response.create(requests=requests)  # type: ignore[arg-type]
+async def create_strict(client: AsyncAnthropic, requests: list[Request]) -> MessageBatch:
+    raw = await client.messages.batches.with_raw_response.create(requests=requests)
     assert raw.http_response.headers["request-id"].startswith("req_")
     return conform(MessageBatch, raw.http_response.content)
 
@@ -126,7 +123,7 @@ async def test_delete_only_once_ended(emu: Emulator, ant: AsyncAnthropic) -> Non
 
 
 async def test_pagination_newest_first_both_directions(ant: AsyncAnthropic) -> None:
-    ids = [(await ant.messages.batches.create(requests=[item("a")])).id for _ in range(5)]  # type: ignore[list-item]
+    ids = [(await ant.messages.batches.create(requests=[item("a")])).id for _ in range(5)]
     raw = await ant.messages.batches.with_raw_response.list(limit=2)
     page = json.loads(raw.http_response.content)
     assert (page["has_more"], page["first_id"], page["last_id"]) == (True, ids[4], ids[3])
@@ -168,10 +165,10 @@ async def test_create_rejections(ant: AsyncAnthropic, requests: list[dict[str, A
 async def test_request_count_and_size_limits(emu: Emulator, ant: AsyncAnthropic) -> None:
     emu.config.anthropic_max_requests = 2
     with pytest.raises(anthropic.BadRequestError, match="at most 2 requests"):
-        await ant.messages.batches.create(requests=[item("a"), item("b"), item("c")])  # type: ignore[list-item]
+        await ant.messages.batches.create(requests=[item("a"), item("b"), item("c")])
     emu.config.anthropic_max_body_bytes = 200
     with pytest.raises(anthropic.APIStatusError) as caught:
-        await ant.messages.batches.create(requests=[item("a", "x" * 300)])  # type: ignore[list-item]
+        await ant.messages.batches.create(requests=[item("a", "x" * 300)])
     assert caught.value.status_code == 413
     assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
@@ -189,7 +186,7 @@ async def test_request_count_and_size_limits(emu: Emulator, ant: AsyncAnthropic)
 
 
 async def test_asynchronous_params_errors(ant: AsyncAnthropic) -> None:
-    created = await ant.messages.batches.create(requests=[  # type: ignore[list-item]
+    created = await ant.messages.batches.create(requests=[
         item("speed", speed="fast"),
         item("role", messages=[{"role": "system", "content": "x"}]),
         item("temperature", temperature=1.5),
@@ -223,7 +220,7 @@ async def test_transient_404_after_create(emu: Emulator, ant: AsyncAnthropic) ->
 
 async def test_exact_params_are_recorded(emu: Emulator, ant: AsyncAnthropic) -> None:
     requests = [item("a", system="Answer yes or no.", temperature=0.2), item("b", "ünïcödé ☃")]
-    created = await ant.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    created = await ant.messages.batches.create(requests=requests)
     assert emu.sent_requests(created.id) == requests
     await ant.messages.batches.retrieve(created.id)
     records = {r.custom_id: r for r in emu.ledger.requests}

@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
 from asyncbatch.emulator import Emulator
+from asyncbatch.model import Outcome
 
 from .conftest import KEY
 from .support import chat_line, conform, jsonl, parse_lines, upload
@@ -164,7 +165,7 @@ async def test_cancel_keeps_what_ran(emu: Emulator, oai: AsyncOpenAI) -> None:
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
     assert all(e["response"] is None for e in errors)
     assert (await oai.batches.cancel(created.id)).status == "cancelled"  # idempotent
-    assert [r.outcome for r in emu.ledger.requests].count("cancelled") == 5
+    assert [r.outcome for r in emu.ledger.requests].count(Outcome.CANCELLED) == 5
 
 
 async def test_cancel_of_a_completed_batch_is_refused(oai: AsyncOpenAI) -> None:
