@@ -94,6 +94,16 @@ class EmulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if unknown:
             raise ValueError(f"unknown fault groups {sorted(unknown)}; known: {[*FAULT_GROUPS, '*']}")
 
+    def __repr__(self) -> str:
+        return f"EmulatorConfig({', '.join(f'{k}={v!r}' for k, v in self.public().items())})"
+
+    def public(self) -> dict[str, Any]:
+        """The config as JSON-ready builtins with the API keys redacted (what the admin endpoint shows)."""
+        shown: dict[str, Any] = msgspec.to_builtins(self)
+        if self.api_keys is not None:
+            shown["api_keys"] = ["[REDACTED]"] * len(self.api_keys)
+        return shown
+
     def fault_spec(self, group: str) -> FaultSpec | None:
         return self.faults.get(group) or self.faults.get("*")
 

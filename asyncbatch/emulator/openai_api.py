@@ -9,7 +9,9 @@ batch named in ``expire_batches``, or holding requests that expire, ends ``expir
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from array import array
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from ..model import Outcome
-from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body
+from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body, openai_usage
 from .config import EmulatorConfig, window_seconds
 from .core import Context, after_cursor, done_target
 from .envelopes import json_response, openai_error, openai_error_body, request_id
@@ -190,12 +192,9 @@ class OpenAILines:
         line_id = "batch_req_" + secrets.token_hex(12)
         if decision.outcome is Outcome.SUCCEEDED:
             body = openai_body(self.endpoint, parsed.body)
-            usage = body.get("usage") or {}
             response = LineResponse(status_code=200, request_id=request_id(), body=body)
             line = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
-            return Written(msgspec.json.encode(line), "output",
-                           usage.get("prompt_tokens", usage.get("input_tokens", 0)),
-                           usage.get("completion_tokens", usage.get("output_tokens", 0)))
+            return Written(msgspec.json.encode(line), "output", *openai_usage(body))
         status = decision.status or 500
         error = openai_error_body(status, decision.message, param=decision.param)
         response = LineResponse(status_code=status, request_id=request_id(), body=error)
@@ -304,6 +303,7 @@ class OpenAIBatch:
         ordinal: int,
         created_at: float,
         input_file_id: str,
+        input_path: Path,
         endpoint: str,
         completion_window: str,
         metadata: dict[str, str] | None,
@@ -313,6 +313,7 @@ class OpenAIBatch:
         self.ordinal = ordinal
         self.created_at = created_at
         self.input_file_id = input_file_id
+        self.input_path = input_path  # a snapshot: deleting the input file does not disturb the batch
         self.endpoint = endpoint
         self.completion_window = completion_window
         self.expires_at = created_at + window_seconds(completion_window)
@@ -506,11 +507,14 @@ class OpenAIAPI:
         if body.output_expires_after is not None:
             output_expiry = _expiry_seconds(body.output_expires_after.anchor, body.output_expires_after.seconds,
                                             "output_expires_after")
+        metadata = _metadata(body.metadata)
+        batch_id = "batch_" + secrets.token_hex(12)
+        input_path = self.workdir / f"{batch_id}.input.jsonl"
+        _snapshot(self.files.path(source.id), input_path)
         return OpenAIBatch(
-            batch_id="batch_" + secrets.token_hex(12), ordinal=self.ctx.next_ordinal(),
-            created_at=self.ctx.clock.now(), input_file_id=source.id, endpoint=body.endpoint,
-            completion_window=body.completion_window, metadata=_metadata(body.metadata),
-            output_expires_after=output_expiry,
+            batch_id=batch_id, ordinal=self.ctx.next_ordinal(), created_at=self.ctx.clock.now(),
+            input_file_id=source.id, input_path=input_path, endpoint=body.endpoint,
+            completion_window=body.completion_window, metadata=metadata, output_expires_after=output_expiry,
         )
 
     async def get_batch(self, request: web.Request) -> web.Response:
@@ -572,20 +576,14 @@ class OpenAIAPI:
 
     async def _validate(self, batch: OpenAIBatch, at: float) -> None:
         config = self.ctx.config
-        path = self.files.path(batch.input_file_id)
-        if self.files.get(batch.input_file_id) is None:
-            result = Validation(errors=[BatchErrorItem(code="invalid_request", message=(
-                f"The input file {batch.input_file_id} was deleted before the batch was validated."))],
-                offsets=array("q"), model=None)
-        else:
-            result = await anyio.to_thread.run_sync(validate_input, path, batch.endpoint, config)
+        result = await anyio.to_thread.run_sync(validate_input, batch.input_path, batch.endpoint, config)
         batch.model = result.model
         if result.errors:
             batch.errors = result.errors
             batch.set("failed", at)
             self.ctx.ledger.update_batch(batch.id, status="failed", request_count=len(result.offsets))
             return
-        batch.run = Run(fmt=OpenAILines(batch.endpoint), batch_id=batch.id, input_path=path,
+        batch.run = Run(fmt=OpenAILines(batch.endpoint), batch_id=batch.id, input_path=batch.input_path,
                         offsets=result.offsets, workdir=self.workdir, shuffle_seed=f"{config.seed}:{batch.ordinal}")
         batch.set("in_progress", at)
         self.ctx.ledger.update_batch(batch.id, status="in_progress", request_count=batch.run.total)
@@ -635,6 +633,14 @@ class _Rejected(Exception):
         self.status = status
         self.message = message
         self.param = param
+
+
+def _snapshot(source: Path, target: Path) -> None:
+    """Keep the batch's own view of its input: a hard link (instant), a copy where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _expiry_seconds(anchor: object, seconds: object, field: str) -> int:

@@ -147,7 +147,9 @@ class Server:
                     _drop(request)
                     return web.Response(status=500)  # never sent: the socket is gone
                 status = int(kind)
-                headers = retry_headers(faults.retry_after) if status == 429 else None
+                headers = {"x-should-retry": "true"}
+                if status == 429:
+                    headers.update(retry_headers(faults.retry_after))
                 message = _FAULT_MESSAGES[spec.provider, status]
                 if spec.provider == "openai":
                     return openai_error(status, message, headers=headers)
@@ -189,7 +191,7 @@ class Server:
         return web.Response(body=self.ctx.ledger.to_json(), content_type="application/json")
 
     async def _get_config(self, request: web.Request) -> web.Response:
-        return json_response(self.ctx.config)
+        return json_response(self.ctx.config.public())
 
     async def _patch_config(self, request: web.Request) -> web.Response:
         try:
@@ -197,7 +199,7 @@ class Server:
             self.ctx.config.update(patch)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return json_response({"error": str(exc)}, status=400)
-        return json_response(self.ctx.config)
+        return json_response(self.ctx.config.public())
 
     async def _advance_clock(self, request: web.Request) -> web.Response:
         """``{"advance": seconds}`` moves the emulated clock forward (expiry without waiting)."""
@@ -249,7 +251,7 @@ class Emulator:
         ``{custom_id, params}`` items). Reads the whole input: meant for tests of small batches."""
         openai_batch = self._server.openai.batches.get(batch_id)
         if openai_batch is not None:
-            path = self._server.openai.files.path(openai_batch.input_file_id)
+            path = openai_batch.input_path
         else:
             path = self._server.anthropic.batches[batch_id].run.input_path
         with open(path, "rb") as source:

@@ -41,7 +41,7 @@ async def test_serves_until_signalled(tmp_path: Path, stop: signal.Signals) -> N
                 served = await response.json()
             async with session.get("/v1/batches", headers={"authorization": "Bearer nope"}) as response:
                 assert response.status == 401
-        assert (served["seed"], served["complete_after"], served["api_keys"]) == (5, 0, [KEY])
+        assert (served["seed"], served["complete_after"], served["api_keys"]) == (5, 0, ["[REDACTED]"])
         assert served["completion_windows"] == ["24h", "7d"] and served["faults"]["files_read"]["rate_429"] == 0.5
         assert (tmp_path / "data" / "files").is_dir()
     finally:

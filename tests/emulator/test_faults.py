@@ -38,6 +38,7 @@ async def test_429_envelope_and_headers(emu: Emulator) -> None:
             assert response.status == 429
             assert (response.headers["retry-after"], response.headers["retry-after-ms"]) == ("1.5", "1500")
             assert response.headers["x-request-id"].startswith("req_")
+            assert response.headers["x-should-retry"] == "true"
             error = (await response.json())["error"]
             assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
         async with session.get(emu.url + "/v1/messages/batches", headers=ANTHROPIC_HEADERS) as response:

@@ -343,6 +343,16 @@ async def test_upload_accepts_dot_notation_and_checks_purpose(emu: Emulator) -> 
     assert status == 400 and body["error"]["param"] == "purpose"
 
 
+async def test_deleting_the_input_file_does_not_disturb_the_batch(emu: Emulator, oai: AsyncOpenAI) -> None:
+    emu.config.validate_after = 10
+    created = await create(oai, [chat_line("a"), chat_line("b")])
+    await oai.files.delete(created.input_file_id)
+    emu.clock.advance(10)
+    batch = await oai.batches.retrieve(created.id)
+    assert batch.status == "completed" and len(await content(oai, batch.output_file_id)) == 2
+    assert [line["custom_id"] for line in emu.sent_requests(created.id)] == ["a", "b"]
+
+
 async def test_delete_and_not_found(oai: AsyncOpenAI) -> None:
     source = await upload(oai, [chat_line("a")])
     raw = await oai.files.with_raw_response.delete(source.id)

@@ -76,8 +76,10 @@ async def test_admin_endpoints(emu: Emulator, oai: AsyncOpenAI) -> None:
             ledger = await response.json()
         assert ledger["totals"]["billed"] == 1 and ledger["requests"][0]["custom_id"] == "a"
         assert [b["status"] for b in ledger["batches"]] == ["completed"]
+        emu.config.api_keys = [KEY]
         async with session.get("/_emulator/config") as response:
-            assert (await response.json())["complete_after"] == 0
+            shown = await response.json()
+        assert shown["complete_after"] == 0 and shown["api_keys"] == ["[REDACTED]"]
 
         patch = {"complete_after": 5, "faults": {"files_read": {"rate_500": 0.25}}}
         async with session.patch("/_emulator/config", json=patch) as response:
@@ -119,8 +121,10 @@ def test_emulator_thread_reports_startup_errors(tmp_path: Path) -> None:
             EmulatorThread(port=port).start()
 
 
-def test_config_round_trips_as_json() -> None:
-    config = EmulatorConfig(api_keys=["k"], expire_batches=[2], faults={"*": FaultSpec(rate_429=0.1)})
+def test_config_round_trips_as_json_and_hides_keys() -> None:
+    config = EmulatorConfig(api_keys=[GOOD], expire_batches=[2], faults={"*": FaultSpec(rate_429=0.1)})
     assert msgspec.json.decode(msgspec.json.encode(config), type=EmulatorConfig) == config
+    assert GOOD not in repr(config) and GOOD not in str(config) and "expire_batches=[2]" in repr(config)
+    assert config.public()["api_keys"] == ["[REDACTED]"]
     with pytest.raises(msgspec.ValidationError, match="unknown fault groups"):
         msgspec.convert({"faults": {"file_upload": {}}}, EmulatorConfig)
