@@ -24,14 +24,14 @@ from aiohttp import web
 from ..model import Outcome
 from .bodies import anthropic_message, check_anthropic
 from .config import EmulatorConfig
-from .core import Context, done_target
+from .core import Context
 from .envelopes import anthropic_error, anthropic_error_body, json_response, request_id
 from .files import CHUNK, stream_file
 from .jsonstream import JSONStreamError, iter_array
 from .ledger import BatchRecord
 from .outcomes import Decision, anthropic_identity
 from .routes import RouteSpec, query_int
-from .runs import Run, Written
+from .runs import Run, Written, progress
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 WINDOW = 24 * 3600
@@ -376,16 +376,13 @@ class AnthropicAPI:
     async def advance(self, batch: AnthropicBatch) -> None:
         """Bring ``batch`` up to date with the clock: run requests, end it."""
         async with batch.lock:
-            config, now, run = self.ctx.config, self.ctx.clock.now(), batch.run
+            config, now = self.ctx.config, self.ctx.clock.now()
             if batch.status == "in_progress":
-                end = batch.created_at + config.complete_after
-                deadline = min(end, batch.expires_at)
-                forced = batch.ordinal in config.expire_batches
-                target = done_target(run.total, start=batch.created_at, end=end, now=min(now, deadline),
-                                     fraction=config.expire_done_fraction if forced else 1.0)
-                await anyio.to_thread.run_sync(run.run_until, target, self.ctx.ledger, config)
-                if now >= deadline:
-                    await self._end(batch, Outcome.EXPIRED, deadline)
+                step = await progress(batch.run, ordinal=batch.ordinal, start=batch.created_at,
+                                      created_at=batch.created_at, expires_at=batch.expires_at, now=now,
+                                      ledger=self.ctx.ledger, config=config)
+                if step.ended:
+                    await self._end(batch, Outcome.EXPIRED, step.deadline)
             elif batch.status == "canceling":
                 assert batch.cancel_initiated_at is not None
                 done_at = batch.cancel_initiated_at + config.cancel_after

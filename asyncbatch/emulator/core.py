@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,12 +38,6 @@ class Context:
     def next_ordinal(self) -> int:
         """1-based creation order of batches over both providers (what ``expire_batches`` names)."""
         return next(self._ordinals)
-
-
-def done_target(total: int, *, start: float, end: float, now: float, fraction: float = 1.0) -> int:
-    """How many of ``total`` requests have finished at ``now`` when they run evenly from start to end."""
-    share = 1.0 if now >= end else max(0.0, (now - start) / (end - start))
-    return math.floor(total * min(share, 1.0) * fraction)
 
 
 class HasId(Protocol):

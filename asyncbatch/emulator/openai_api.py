@@ -23,13 +23,13 @@ from aiohttp import BodyPartReader, web
 from ..model import Outcome
 from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body, openai_usage
 from .config import EmulatorConfig, window_seconds
-from .core import Context, after_cursor, done_target
+from .core import Context, after_cursor
 from .envelopes import json_response, openai_error, openai_error_body, request_id
 from .files import CHUNK, FileDeleted, FileObject, FileStore, stream_file
 from .ledger import BatchRecord
 from .outcomes import Decision
 from .routes import RouteSpec, query_int
-from .runs import Run, Written
+from .runs import Run, Written, progress
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 EXPIRY_RANGE = (3600, 2_592_000)
@@ -589,21 +589,16 @@ class OpenAIAPI:
         self.ctx.ledger.update_batch(batch.id, status="in_progress", request_count=batch.run.total)
 
     async def _progress(self, batch: OpenAIBatch, now: float) -> None:
-        run, config = batch.run, self.ctx.config
-        assert run is not None
-        start = batch.stamps["in_progress_at"]
-        end = max(batch.created_at + config.complete_after, start)
-        deadline = min(end, batch.expires_at)
-        forced = batch.ordinal in config.expire_batches
-        target = done_target(run.total, start=start, end=end, now=min(now, deadline),
-                             fraction=config.expire_done_fraction if forced else 1.0)
-        await anyio.to_thread.run_sync(run.run_until, target, self.ctx.ledger, config)
-        if now < deadline:
+        assert batch.run is not None
+        step = await progress(batch.run, ordinal=batch.ordinal, start=batch.stamps["in_progress_at"],
+                              created_at=batch.created_at, expires_at=batch.expires_at, now=now,
+                              ledger=self.ctx.ledger, config=self.ctx.config)
+        if not step.ended:
             return
-        if forced or end > batch.expires_at or run.deferred:
-            await self._end(batch, "expired", deadline)
+        if step.cut_short:
+            await self._end(batch, "expired", step.deadline)
         else:
-            batch.set("finalizing", deadline)
+            batch.set("finalizing", step.deadline)
             self.ctx.ledger.update_batch(batch.id, status="finalizing")
 
     async def _end(self, batch: OpenAIBatch, status: str, at: float) -> None:

@@ -9,12 +9,14 @@ Runs are blocking and meant for a worker thread (``anyio.to_thread``); one batch
 
 from __future__ import annotations
 
+import math
 import random
 from array import array
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
+import anyio
 import msgspec
 
 from ..model import Outcome
@@ -153,6 +155,37 @@ class Run(Generic[P]):
             status_code=status,
             billed=outcome is Outcome.SUCCEEDED,
         )
+
+
+class Step(msgspec.Struct, frozen=True):
+    """Where a running batch stands after ``progress``.
+
+    ``ended``: its deadline (completion or expiry) has passed. ``cut_short``: some requests never ran, so
+    an OpenAI batch ends ``expired`` rather than ``completed``.
+    """
+
+    deadline: float
+    ended: bool
+    cut_short: bool
+
+
+async def progress(
+    run: Run[P], *, ordinal: int, start: float, created_at: float, expires_at: float, now: float,
+    ledger: Ledger, config: EmulatorConfig,
+) -> Step:
+    """Run the requests due by ``now`` (in a worker thread).
+
+    Requests finish evenly from ``start`` to ``created_at + complete_after``; the completion window
+    (``expires_at``) or ``expire_batches`` (only ``expire_done_fraction`` of them run) cut that short.
+    """
+    end = max(created_at + config.complete_after, start)
+    deadline = min(end, expires_at)
+    forced = ordinal in config.expire_batches
+    elapsed = min(now, deadline)
+    share = 1.0 if elapsed >= end else max(0.0, (elapsed - start) / (end - start))
+    target = math.floor(run.total * share * (config.expire_done_fraction if forced else 1.0))
+    await anyio.to_thread.run_sync(run.run_until, target, ledger, config)
+    return Step(deadline=deadline, ended=now >= deadline, cut_short=forced or end > expires_at or bool(run.deferred))
 
 
 class _Sinks(Generic[P]):
