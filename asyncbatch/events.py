@@ -1,20 +1,28 @@
-"""Typed events of a running job, and the in-process bus that carries them to ``BatchManager.watch``.
+"""Typed events of a running job, the in-process bus that carries them, and their synthesis from the store.
 
 Events are a notification, not the source of truth (the store is): a subscriber that falls behind loses
-the oldest events rather than slowing the engine down.
+the oldest events rather than slowing the engine down. A job driven by another process publishes nothing
+here, so ``watch_job`` also polls the store and turns what changed into the same events (``JobTracker``);
+the tracker remembers what it has yielded, so an event seen on the bus and in the store comes out once.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .model import BatchStatus, JobStatus, RequestCounts
+from .model import BatchStatus, Job, JobStatus, RequestCounts, Shard, ShardPhase
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 class Event(msgspec.Struct, kw_only=True, tag_field="type", tag=lambda name: name):
@@ -42,7 +50,12 @@ class BatchStatusChanged(Event):
 
 
 class ResultsIngested(Event):
-    """A shard's results are in the store: how many succeeded, failed for good, or go round again."""
+    """A shard's results are in the store: how many succeeded, failed for good, or go round again.
+
+    When the event is synthesised from the store (the job runs in another process), the three numbers are
+    the job's count changes since the previous poll, capped at the shard's size: exact when one shard lands
+    per poll interval, approximate when several do.
+    """
 
     shard_id: int
     batch_id: str
@@ -85,7 +98,7 @@ class EventBus:
                 self._subscribers.remove((job_id, stream))
 
     @asynccontextmanager
-    async def subscribe(self, job_id: str | None = None) -> AsyncIterator[AsyncIterator[AnyEvent]]:
+    async def subscribe(self, job_id: str | None = None) -> AsyncIterator[MemoryObjectReceiveStream[AnyEvent]]:
         """Events for one job (or all jobs) published while the context is open."""
         send, receive = anyio.create_memory_object_stream[AnyEvent](self._buffer)
         entry = (job_id, send)
@@ -97,3 +110,138 @@ class EventBus:
             if entry in self._subscribers:
                 self._subscribers.remove(entry)
             send.close()
+
+
+class _SeenShard(msgspec.Struct):
+    batch_id: str | None = None
+    status: tuple[BatchStatus, dict[str, int]] | None = None
+    ingested: bool = False
+
+
+class JobTracker:
+    """What a watcher has yielded for one job; turns store snapshots into the events not yet yielded.
+
+    ``absorb`` takes an event from the bus (False: already yielded from the store), ``diff`` compares a
+    fresh snapshot with what is known and returns the missing events. Resubmissions carry no shard id on
+    the bus, so they are matched by (attempt, request count).
+    """
+
+    def __init__(self, job: Job, shards: list[Shard]) -> None:
+        self.finished = False
+        self._counts = job.counts
+        self._shards: dict[int, _SeenShard] = {}
+        self._bus_resubmits: Counter[tuple[int, int]] = Counter()
+        self._store_resubmits: Counter[tuple[int, int]] = Counter()
+        for shard in shards:  # the baseline: what happened before the watch started is not news
+            self._shards[shard.id] = _SeenShard(
+                batch_id=shard.batch_id, ingested=shard.phase is ShardPhase.INGESTED,
+                status=(shard.batch_status, shard.provider_counts) if shard.batch_status else None,
+            )
+
+    def absorb(self, event: AnyEvent) -> bool:
+        """Record an event from the bus; False when the store already produced it."""
+        if isinstance(event, JobFinished):
+            new = not self.finished
+            self.finished = True
+            return new
+        if isinstance(event, RequestsResubmitted):
+            key = (event.attempt, event.count)
+            if self._store_resubmits[key]:
+                self._store_resubmits[key] -= 1
+                return False
+            self._bus_resubmits[key] += 1
+            return True
+        seen = self._shards.setdefault(event.shard_id, _SeenShard())
+        if isinstance(event, BatchCreated):
+            new = seen.batch_id is None
+            seen.batch_id = event.batch_id
+        elif isinstance(event, BatchStatusChanged):
+            new = seen.status != (event.status, event.counts)
+            seen.status = (event.status, event.counts)
+        else:
+            new = not seen.ingested
+            seen.ingested = True
+        return new
+
+    def diff(self, job: Job, shards: list[Shard]) -> list[AnyEvent]:
+        """The events that explain how the store moved since the last snapshot."""
+        events: list[AnyEvent] = []
+        landed: list[Shard] = []
+        for shard in shards:
+            seen = self._shards.get(shard.id)
+            if seen is None:
+                seen = self._shards[shard.id] = _SeenShard()
+                if shard.attempt > 1 and self._store_resubmit(shard):
+                    events.append(RequestsResubmitted(job_id=job.id, count=shard.request_count,
+                                                      attempt=shard.attempt))
+            if shard.batch_id is not None and seen.batch_id is None:
+                seen.batch_id = shard.batch_id
+                events.append(BatchCreated(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
+                                           request_count=shard.request_count, attempt=shard.attempt))
+            if shard.batch_status is not None and shard.batch_id is not None:
+                status = (shard.batch_status, shard.provider_counts)
+                if seen.status != status:
+                    seen.status = status
+                    events.append(BatchStatusChanged(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
+                                                     status=shard.batch_status, counts=shard.provider_counts))
+            if shard.phase is ShardPhase.INGESTED and not seen.ingested:
+                seen.ingested = True
+                landed.append(shard)
+        events.extend(self._ingested(job, landed))
+        self._counts = job.counts
+        if job.status.is_terminal and not self.finished:
+            self.finished = True
+            events.append(JobFinished(job_id=job.id, status=job.status, counts=job.counts))
+        return events
+
+    def _store_resubmit(self, shard: Shard) -> bool:
+        key = (shard.attempt, shard.request_count)
+        if self._bus_resubmits[key]:
+            self._bus_resubmits[key] -= 1
+            return False
+        self._store_resubmits[key] += 1
+        return True
+
+    def _ingested(self, job: Job, landed: list[Shard]) -> list[AnyEvent]:
+        """Shards that reached ``ingested`` since the last snapshot, with the count changes shared out."""
+        before, now = self._counts, job.counts
+        succeeded = max(0, now.completed - before.completed)
+        failed = max(0, now.failed + now.cancelled - before.failed - before.cancelled)
+        total = sum(shard.request_count for shard in landed)
+        events: list[AnyEvent] = []
+        for shard in landed:
+            share = shard.request_count / total
+            ok = min(math.ceil(succeeded * share), shard.request_count)
+            bad = min(math.ceil(failed * share), shard.request_count - ok)
+            succeeded, failed, total = succeeded - ok, failed - bad, total - shard.request_count
+            assert shard.batch_id is not None
+            events.append(ResultsIngested(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id, succeeded=ok,
+                                          failed=bad, resubmitted=shard.request_count - ok - bad))
+        return events
+
+
+async def watch_job(store: Store, bus: EventBus, job_id: str, *, poll_interval: float = 1.0) -> AsyncIterator[AnyEvent]:
+    """Events of a job whoever drives it, ending with ``JobFinished``.
+
+    Events published on ``bus`` (the job runs in this process) come at once; every ``poll_interval`` seconds
+    the store is read and changes made by other processes become events too.
+    """
+    async with bus.subscribe(job_id) as events:
+        job = await store.get_job(job_id)
+        if job.status.is_terminal:
+            yield JobFinished(job_id=job_id, status=job.status, counts=job.counts)
+            return
+        tracker = JobTracker(job, await store.job_shards(job_id))
+        next_poll = time.monotonic() + poll_interval
+        while not tracker.finished:
+            event: AnyEvent | None = None
+            with anyio.move_on_after(max(0.0, next_poll - time.monotonic())):
+                event = await events.receive()
+            if event is not None:
+                if tracker.absorb(event):
+                    yield event
+                continue
+            next_poll = time.monotonic() + poll_interval
+            job = await store.get_job(job_id)
+            for synthesised in tracker.diff(job, await store.job_shards(job_id)):
+                yield synthesised

@@ -32,6 +32,7 @@ from .events import (
     JobFinished,
     RequestsResubmitted,
     ResultsIngested,
+    watch_job,
 )
 from .failpoints import failpoint
 from .jsonl import SpoolWriter
@@ -221,17 +222,11 @@ class BatchManager:
         """Result lines the provider returned for custom_ids the job does not know: (shard, id, line)."""
         return await self.store.orphans(job_id)
 
-    async def watch(self, job_id: str) -> AsyncIterator[AnyEvent]:
-        """Events of a job while this manager drives it (in another task), ending with ``JobFinished``."""
-        async with self.events.subscribe(job_id) as events:
-            job = await self.store.get_job(job_id)
-            if job.status.is_terminal:
-                yield JobFinished(job_id=job_id, status=job.status, counts=job.counts)
-                return
-            async for event in events:
-                yield event
-                if isinstance(event, JobFinished):
-                    return
+    async def watch(self, job_id: str, *, poll_interval: float = 1.0) -> AsyncIterator[AnyEvent]:
+        """Events of a job, ending with ``JobFinished``: at once when this manager drives it, and synthesised
+        from the store every ``poll_interval`` seconds when another process does (see ``events.watch_job``)."""
+        async for event in watch_job(self.store, self.events, job_id, poll_interval=poll_interval):
+            yield event
 
     # --- cancelling ----------------------------------------------------------------------------------------
 
