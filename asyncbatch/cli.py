@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .manager import BatchManager
+    from .progress import Display
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
     p.add_argument("--ingest-chunk", type=int, default=2000, help="results committed per transaction")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress on stderr (default: when stderr is a terminal)")
 
     p = with_db(sub.add_parser("status", help="show a job's status and request counts"))
     p.add_argument("job_id", metavar="JOB_ID")
@@ -56,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_db(sub.add_parser("list", help="list the jobs in the store"))
     p.add_argument("--json", action="store_true")
+
+    p = with_db(sub.add_parser("watch", help="follow a job run by any process: live progress, or its events"))
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--events", action="store_true", help="print each event as a JSON line on stdout")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between reads of the store")
+    p.add_argument("--webhook", metavar="URL", help="POST every event to URL (see --webhook-events)")
+    p.add_argument("--webhook-events", nargs="*", metavar="TYPE",
+                   help="event types to POST (default: all), e.g. JobFinished")
+    p.add_argument("--webhook-secret-env", metavar="VAR",
+                   help="sign webhooks with the secret in environment variable VAR (Standard Webhooks)")
+
+    p = with_db(sub.add_parser("cost", help="what a job cost, and what it would have cost live"))
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output (amounts as decimal strings)")
 
     p = with_db(sub.add_parser("cancel", help="cancel a job (pending requests and live batches)"))
     p.add_argument("job_id", metavar="JOB_ID")
@@ -145,12 +162,23 @@ async def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _display(wanted: bool | None) -> Display | None:
+    """The progress display for ``--progress`` / ``--no-progress`` / automatic (a terminal or Jupyter)."""
+    from .progress import TerminalDisplay, auto_display
+
+    if wanted is None:
+        return auto_display(sys.stderr)
+    return TerminalDisplay(sys.stderr) if wanted else None
+
+
 async def _run(args: argparse.Namespace) -> int:
     import signal
+    from functools import partial
 
     import anyio
 
     from .model import JobStatus
+    from .progress import follow
 
     async with _manager(
         args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
@@ -166,9 +194,16 @@ async def _run(args: argparse.Namespace) -> int:
                     scope.cancel()
                     return
 
+        display = _display(args.progress)
+        job_ids = args.job_ids or [job.id for job in await bm.list_jobs() if not job.status.is_terminal]
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, tg.cancel_scope)
-            jobs = await bm.run(args.job_ids or None)
+            done = anyio.Event()
+            async with anyio.create_task_group() as shown:  # left when the display has drawn the end
+                if display is not None:
+                    shown.start_soon(partial(follow, bm.store, job_ids, display, stop=done))
+                jobs = await bm.run(job_ids)
+                done.set()
             tg.cancel_scope.cancel()
         if stopped_by:
             print(f"asyncbatch: stopped by {stopped_by[0]}; the store is consistent, run again to resume",
@@ -237,6 +272,63 @@ async def _results(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _watch(args: argparse.Namespace) -> int:
+    """Progress on a terminal, events as JSON lines with ``--events``; both read the store, so the job may
+    be run by another process. Exits 0 once the job has ended."""
+    import os
+    from functools import partial
+
+    import anyio
+    import msgspec
+
+    from .progress import follow
+    from .webhooks import WebhookSender, relay
+
+    async with _manager(args) as bm:
+        job = await bm.status(args.job_id)
+        webhook = None
+        if args.webhook:
+            secret = os.environ.get(args.webhook_secret_env) if args.webhook_secret_env else None
+            if args.webhook_secret_env and not secret:
+                raise ValueError(f"environment variable {args.webhook_secret_env} is not set")
+            webhook = WebhookSender(args.webhook, secret=secret, events=args.webhook_events)
+        display = None if args.events else _display(None)
+        encoder = msgspec.json.Encoder()
+
+        def show(event: object) -> None:
+            if args.events:
+                sys.stdout.write(encoder.encode(event).decode() + "\n")
+                sys.stdout.flush()
+
+        async with anyio.create_task_group() as tg:
+            done = anyio.Event()
+            if display is not None:
+                tg.start_soon(partial(follow, bm.store, [job.id], display, interval=args.interval, stop=done))
+            finished = await relay(bm.watch(job.id, poll_interval=args.interval), callback=show, webhook=webhook)
+            done.set()
+    if finished is not None and not args.events:
+        c = finished.counts
+        print(f"{job.id} {finished.status.value}: {c.completed} succeeded, {c.failed} failed, "
+              f"{c.cancelled} cancelled of {c.total}")
+    return 0
+
+
+async def _cost(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from .cost import job_cost
+
+    async with _manager(args) as bm:
+        report = await job_cost(bm, args.job_id)
+    if args.json:
+        payload = msgspec.to_builtins(report)
+        payload.update(savings=str(report.savings), unpriced_models=report.unpriced_models)
+        print(msgspec.json.encode(payload).decode())
+    else:
+        print(report.summary())
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -249,6 +341,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "status": _status,
     "list": _list,
     "cancel": _cancel,
+    "watch": _watch,
+    "cost": _cost,
     "results": _results,
     "demo": _demo,
 }

@@ -1,8 +1,10 @@
-"""``asyncbatch demo``: a real job through the real engine on the built-in emulator (no key, no network).
+"""``asyncbatch demo``: a short, honest tour on the built-in emulator (no key, no network).
 
-It writes a mixed JSONL file (two chat models and an embeddings model), stores it as a job, drives it to
-the end while the emulator fails some requests, expires one batch and rejects a few lines for good, and
-prints where everything went. The store and results stay in ``--dir`` for you to inspect with the CLI.
+It writes a mixed JSONL file (chat completions on two models plus embeddings), stores it as one job and
+drives it with the real engine while the emulator fails a few requests (retryable 500s), expires one
+provider batch half-way and rejects a few lines for good (400s). You see the live progress, the events
+(batches created, results ingested, failures resubmitted), a few results, and the cost against the same
+requests sent live. Everything stays in ``--dir``: inspect it with ``asyncbatch status/watch/cost``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import anyio
 
+from .cost import job_cost
 from .emulator import EmulatorConfig, run_emulator
+from .events import AnyEvent, BatchCreated, BatchStatusChanged, RequestsResubmitted, ResultsIngested
 from .export import write_results
 from .manager import BatchManager
-from .model import Job
+from .model import Job, Result
+from .progress import auto_display, follow
 from .providers.openai import OpenAIProvider
 
 DEMO_KEY = "sk-emulator-demo"
@@ -45,17 +50,18 @@ def write_demo_input(path: Path, count: int) -> None:
             out.write(json.dumps(line) + "\n")
 
 
-async def _show_progress(bm: BatchManager, job_id: str, stop: anyio.Event) -> None:
-    interactive = sys.stdout.isatty()
-    while not stop.is_set():
-        c = (await bm.status(job_id)).counts
-        line = (f"  {c.completed:>5} succeeded  {c.failed:>3} failed  {c.in_flight:>5} in flight  "
-                f"{c.pending:>4} waiting to be (re)submitted  of {c.total}")
-        print(f"\r{line}" if interactive else line, end="" if interactive else "\n", flush=True)
-        with anyio.move_on_after(0.5 if interactive else 2.0):
-            await stop.wait()
-    if interactive:
-        print()
+def describe(event: AnyEvent) -> str | None:
+    """One line of the tour for the events worth telling (status ticks are left to the progress display)."""
+    if isinstance(event, BatchCreated):
+        return f"batch {event.batch_id} created: {event.request_count} requests, attempt {event.attempt}"
+    if isinstance(event, BatchStatusChanged) and event.status.is_terminal:
+        return f"batch {event.batch_id} ended {event.status.value}"
+    if isinstance(event, ResultsIngested):
+        return (f"batch {event.batch_id} results stored: {event.succeeded} succeeded, {event.failed} failed for "
+                f"good, {event.resubmitted} to resubmit")
+    if isinstance(event, RequestsResubmitted):
+        return f"{event.count} requests resubmitted in a new batch (attempt {event.attempt})"
+    return None
 
 
 async def run_demo(directory: Path, *, requests: int = 1200) -> int:
@@ -71,37 +77,50 @@ async def run_demo(directory: Path, *, requests: int = 1200) -> int:
         async with BatchManager(db_path, provider=provider, poll_interval=0.2, max_poll_interval=1.0,
                                 max_requests_per_batch=400) as bm:
             job = await bm.submit(input_path, metadata={"demo": "asyncbatch"}, max_attempts=3)
-            print(f"stored {job.counts.total} requests from {input_path} as job {job.id} in {db_path}")
+            print(f"stored {job.counts.total} requests (chat on 2 models + embeddings) from {input_path} "
+                  f"as job {job.id}\n")
+            story: list[str] = []
             started = time.monotonic()
-            stop = anyio.Event()
+            display = auto_display(sys.stderr)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_show_progress, bm, job.id, stop)
+                done = anyio.Event()
+                if display is not None:
+                    tg.start_soon(lambda: follow(bm.store, [job.id], display, interval=0.3, stop=done))
+                tg.start_soon(_tell, bm, job.id, story)
                 job = await bm.wait(job.id)
-                stop.set()
+                done.set()
             elapsed = time.monotonic() - started
-            shards = await bm.shards(job.id)
-            attempts: Counter[int] = Counter()
-            failures: Counter[str] = Counter()
-            async for result in bm.results(job.id):
-                attempts[result.attempt] += 1
-                if not result.ok and result.error is not None:
-                    failures[result.error.code] += 1
-            count = await write_results(bm, job.id, results_path)
-    _summary(job, elapsed, shards_by_status=Counter(s.batch_status.value if s.batch_status else s.phase.value
-                                                    for s in shards),
-             attempts=attempts, failures=failures, results_path=results_path, count=count, db_path=db_path)
+            print("what happened:")
+            print("\n".join(f"  {line}" for line in story))
+            results = [r async for r in bm.results(job.id)]
+            count = await write_results(bm, job.id, results_path, fmt="openai")
+            report = await job_cost(bm, job.id)
+    _summary(job, elapsed, results, results_path=results_path, count=count, db_path=db_path)
+    print()
+    print(report.summary())
     return 0
 
 
-def _summary(job: Job, elapsed: float, *, shards_by_status: Counter[str], attempts: Counter[int],
-             failures: Counter[str], results_path: Path, count: int, db_path: Path) -> None:
+async def _tell(bm: BatchManager, job_id: str, story: list[str]) -> None:
+    async for event in bm.watch(job_id, poll_interval=0.3):
+        line = describe(event)
+        if line is not None:
+            story.append(line)
+
+
+def _summary(job: Job, elapsed: float, results: list[Result], *, results_path: Path, count: int,
+             db_path: Path) -> None:
     c = job.counts
+    attempts = Counter(r.attempt for r in results)
+    failures = Counter(r.error.code for r in results if not r.ok and r.error is not None)
     print(f"\njob {job.id} {job.status.value} in {elapsed:.1f}s")
     print(f"  requests: {c.total} total, {c.completed} succeeded, {c.failed} failed, {c.cancelled} cancelled")
-    print(f"  provider batches: {sum(shards_by_status.values())} "
-          f"({', '.join(f'{n} {s}' for s, n in sorted(shards_by_status.items()))})")
     print("  attempts per request: " + ", ".join(f"{n} needed {a}" for a, n in sorted(attempts.items())))
     if failures:
-        print("  final failures: " + ", ".join(f"{n} x {code}" for code, n in failures.most_common()))
+        print("  final failures (not retried: the request itself is wrong): "
+              + ", ".join(f"{n} x {code}" for code, n in failures.most_common()))
+    for result in [r for r in results if r.ok][:3]:
+        shown = result.text if result.text is not None else f"{len(result.body['data'][0]['embedding'])}-d embedding"
+        print(f"  {result.custom_id} (attempt {result.attempt}): {shown}")
     print(f"  results ({count} lines, OpenAI batch output format): {results_path}")
-    print(f"  inspect: asyncbatch status {job.id} --db {db_path}")
+    print(f"  inspect: asyncbatch status {job.id} --db {db_path}   |   asyncbatch cost {job.id} --db {db_path}")
