@@ -1,7 +1,21 @@
 """Local emulator of the OpenAI and Anthropic batch HTTP APIs (offline development, demos and tests).
 
     async with run_emulator(EmulatorConfig(complete_after=2)) as emu:
-        client = AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-local")
+        openai = AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-local")
+        claude = AsyncAnthropic(base_url=emu.anthropic_base_url, api_key="sk-local")
+
+``EmulatorThread`` serves the same from a daemon thread for sync code; ``asyncbatch emulator`` serves it
+from the command line. It speaks the wire protocols of ``provider-batch-apis.md`` (OpenAI Files + Batches
+under ``/v1``, Anthropic Message Batches under ``/v1/messages/batches``) and keeps files on disk.
+
+What it answers is decided by the live ``EmulatorConfig`` (mutate ``emu.config``, or
+``PATCH /_emulator/config``): the clock (``validate_after``, ``complete_after``, ``finalize_after``,
+``cancel_after``; ``emu.clock.advance()`` or ``POST /_emulator/clock`` skips ahead), per-request outcomes
+(``fail_rate``, ``expire_rate``, ``fail_attempts``, ``seed``, and markers in the request text:
+``[[fail:NNN]]``, ``[[expire]]``, ``[[fail_attempts:K]]``, see ``outcomes``), batches that expire
+(``expire_batches``), limits, and injected HTTP faults per endpoint group (``FaultSpec``). ``emu.ledger``
+(``GET /_emulator/ledger``) records every file, batch, request line and fault, so a test can prove that a
+client lost nothing and was billed once.
 
 Names are imported lazily: ``asyncbatch --help`` imports ``asyncbatch.emulator.cli`` (hence this package)
 and must not pay for aiohttp.
