@@ -269,7 +269,7 @@ class BatchManager:
             for job_id in job_ids:
                 await self.store.get_job(job_id)  # unknown ids fail now, not halfway
         remaining = set(job_ids)
-        active: set[int] = set()
+        active: dict[int, str] = {}  # shard id -> job id, for the shard tasks of this run
         try:
             async with anyio.create_task_group() as tg:
                 while remaining:
@@ -285,7 +285,7 @@ class BatchManager:
             raise _first_error(group) from None
         return [await self.store.get_job(job_id) for job_id in job_ids]
 
-    async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: set[int]) -> bool:
+    async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> bool:
         """Plan, claim and finish what can be for one job; True once the job has ended."""
         job = await self.store.get_job(job_id, with_counts=False)
         if job.status.is_terminal:
@@ -293,7 +293,9 @@ class BatchManager:
         if job.status is JobStatus.OPEN:
             await self.store.set_job_status(job_id, JobStatus.RUNNING)
         provider = self.provider_for(job)
-        if not job.cancel_requested:
+        if job.cancel_requested:
+            await self.store.cancel_pending(job_id)  # retryable failures that came back after the cancel
+        else:
             for planned in await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id):
                 if planned.attempt > 1:
                     self.events.publish(RequestsResubmitted(job_id=job_id, count=planned.request_count,
@@ -301,9 +303,9 @@ class BatchManager:
                     failpoint("after_resubmit_plan")
         for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
             if shard_id not in active:
-                active.add(shard_id)
+                active[shard_id] = job_id
                 tg.start_soon(self._shard_task, job_id, shard_id, active)
-        if active or await self.store.job_has_live_work(job_id):
+        if job_id in active.values() or await self.store.job_has_live_work(job_id):
             return False
         final = JobStatus.CANCELLED if job.cancel_requested else JobStatus.DONE
         await self.store.set_job_status(job_id, final)
@@ -311,13 +313,13 @@ class BatchManager:
         self.events.publish(JobFinished(job_id=job_id, status=final, counts=await self.store.counts(job_id)))
         return True
 
-    async def _shard_task(self, job_id: str, shard_id: int, active: set[int]) -> None:
+    async def _shard_task(self, job_id: str, shard_id: int, active: dict[int, str]) -> None:
         try:
             await _ShardRunner(self, job_id, shard_id).drive()
         except LeaseLostError as exc:
             log.info("%s", exc)
         finally:
-            active.discard(shard_id)
+            active.pop(shard_id, None)
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(AsyncBatchError):
                     await self.store.release(shard_id, self.owner)
@@ -355,7 +357,7 @@ class _ShardRunner:
                 elif phase is ShardPhase.SUBMITTED:
                     await self._poll(provider, shard)
                 elif phase is ShardPhase.ENDED:
-                    await self._ingest(job, provider, shard)
+                    await self._ingest(provider, shard)
             except BadRequestError as exc:
                 if phase not in (ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING):
                     raise
@@ -453,7 +455,8 @@ class _ShardRunner:
             job = await self.store.get_job(self.job_id, with_counts=False)
             try:
                 remote = await provider.retrieve(shard.batch_id)
-                if job.cancel_requested and not cancel_sent and not remote.status.is_terminal:
+                stoppable = remote.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+                if job.cancel_requested and not cancel_sent and stoppable and not remote.status.is_terminal:
                     remote = await provider.cancel(shard.batch_id)
                     cancel_sent = True
             except NotFoundError:
@@ -482,7 +485,7 @@ class _ShardRunner:
             await anyio.sleep(interval * (0.8 + 0.4 * random.random()))
             interval = min(interval * 1.5, self.m.max_poll_interval)
 
-    async def _ingest(self, job: Job, provider: Provider, shard: Shard) -> None:
+    async def _ingest(self, provider: Provider, shard: Shard) -> None:
         """Stream the results into the store in chunks; the shard is marked ingested with the last one."""
         assert shard.batch_id is not None and shard.batch_status is not None
         remote = RemoteBatch(
@@ -490,6 +493,7 @@ class _ShardRunner:
             counts=shard.provider_counts, output_file_id=shard.output_file_id, error_file_id=shard.error_file_id,
             errors=msgspec.convert(shard.errors, list[BatchError]),
         )
+        job = await self.store.get_job(self.job_id, with_counts=False)  # a cancel may have come meanwhile
         members = await self.store.member_requests(shard.id)
         workdir = self.m.spool_dir / shard.job_id / "downloads"
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -51,7 +51,7 @@ def verify_exactly_once(db: Path, ledger: Any, job_id: str, *, expect_all_succee
     unfinished = {cid: s for cid, s in states.items() if s not in ("succeeded", "failed", "cancelled")}
     assert not unfinished, f"{len(unfinished)} requests not final, e.g. {list(unfinished.items())[:3]}"
     by_wire: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-    for order, record in enumerate(ledger.requests()):
+    for order, record in enumerate(ledger.requests):
         by_wire[record.custom_id].append((order, record))
     for custom_id, state in states.items():
         records = [r for _, r in sorted(x for w in wire[custom_id] for x in by_wire.get(w, []))]

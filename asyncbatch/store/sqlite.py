@@ -265,6 +265,10 @@ class SQLiteStore:
                     remote.append(shard)
             return remote
 
+    async def cancel_pending(self, job_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute(_Q["cancel_pending"], (job_id,))
+
     async def job_has_live_work(self, job_id: str) -> bool:
         rows = await self._read(_Q["live_work"], (job_id, job_id))
         unsettled, live_shards = rows[0]

@@ -1,0 +1,219 @@
+"""The engine end to end against the emulator over loopback, with a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncbatch import BatchManager, JobStatus, RequestState
+from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.export import write_results
+from asyncbatch.http import RetryPolicy
+from asyncbatch.providers.openai import OpenAIProvider
+from tests.helpers import API_KEY, chat_line, verify_exactly_once
+
+FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, max_retries=12)
+
+
+def provider(emu: Any) -> OpenAIProvider:
+    return OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url, retry=FAST_RETRY)
+
+
+def manager(db: Path, emu: Any, **options: Any) -> BatchManager:
+    options.setdefault("poll_interval", 0.02)
+    options.setdefault("max_poll_interval", 0.1)
+    return BatchManager(db, provider=provider(emu), **options)
+
+
+async def run_job(db: Path, emu: Any, lines: list[dict[str, Any]], *, max_attempts: int = 3, **options: Any) -> Any:
+    async with manager(db, emu, **options) as bm:
+        job = await bm.submit(lines, max_attempts=max_attempts)
+        with anyio.fail_after(60):
+            job = await bm.wait(job.id)
+        results = {r.custom_id: r async for r in bm.results(job.id)}
+        shards = await bm.shards(job.id)
+    return job, results, shards
+
+
+async def test_happy_path_every_result_once_with_body_and_usage(tmp_path: Path) -> None:
+    lines = [chat_line(f"row-{i}", f"classify item {i}") for i in range(50)]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        ledger = emu.ledger
+    assert job.status is JobStatus.DONE
+    assert job.counts.completed == 50 and job.counts.failed == 0 and job.counts.total == 50
+    assert set(results) == {f"row-{i}" for i in range(50)}
+    r = results["row-7"]
+    assert r.ok and r.attempt == 1 and r.status_code == 200
+    assert r.body["object"] == "chat.completion" and r.text
+    assert r.usage is not None and r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    assert r.batch_id == shards[0].batch_id
+    assert len(shards) == 1 and shards[0].batch_status == "completed"
+    assert verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+
+
+async def test_mixed_models_and_endpoints_become_one_batch_each(tmp_path: Path) -> None:
+    lines = [chat_line(f"a{i}", model="gpt-5.4-mini") for i in range(5)]
+    lines += [chat_line(f"b{i}", model="gpt-5.4-nano") for i in range(4)]
+    lines += [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": "text-embedding-3-small", "input": f"text {i}"}} for i in range(3)]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        created = emu.ledger.batches_created()
+    assert job.counts.completed == 12
+    assert sorted((s.endpoint, s.model, s.request_count) for s in shards) == [
+        ("/v1/chat/completions", "gpt-5.4-mini", 5),
+        ("/v1/chat/completions", "gpt-5.4-nano", 4),
+        ("/v1/embeddings", "text-embedding-3-small", 3),
+    ]
+    assert sorted(b.endpoint for b in created) == ["/v1/chat/completions"] * 2 + ["/v1/embeddings"]
+    assert isinstance(results["e1"].body["data"][0]["embedding"], list)
+
+
+async def test_limits_split_a_job_into_several_batches(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i:03d}", "x" * 50) for i in range(30)]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        job, _, shards = await run_job(tmp_path / "a.db", emu, lines, max_requests_per_batch=7)
+        assert [s.request_count for s in shards] == [7, 7, 7, 7, 2]
+        one_size = shards[0].bytes // 7
+        job2, _, shards2 = await run_job(tmp_path / "b.db", emu, lines, max_bytes_per_batch=one_size * 10)
+    assert job.counts.completed == 30 and job2.counts.completed == 30
+    assert all(s.bytes <= one_size * 10 for s in shards2) and len(shards2) == 3
+
+
+async def test_retryable_failures_are_resubmitted_until_they_succeed(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}") for i in range(20)]
+    async with run_emulator(EmulatorConfig(fail_attempts=2), data_dir=tmp_path / "emu") as emu:
+        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
+        ledger = emu.ledger
+        assert all(ledger.submissions(f"r{i}") == 3 and ledger.billed_count(f"r{i}") == 1 for i in range(20))
+    assert job.counts.completed == 20
+    assert {r.attempt for r in results.values()} == {3}
+    assert sorted(s.attempt for s in shards) == [1, 2, 3]
+    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+
+
+async def test_retryable_failures_stop_at_max_attempts_and_keep_the_error(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}") for i in range(5)]
+    async with run_emulator(EmulatorConfig(fail_attempts=5), data_dir=tmp_path / "emu") as emu:
+        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=2)
+        assert emu.ledger.submissions("r0") == 2
+    assert job.status is JobStatus.DONE and job.counts.failed == 5
+    r = results["r0"]
+    assert r.status is RequestState.FAILED and r.attempt == 2 and r.status_code == 500
+    assert r.error is not None and r.error.message
+
+
+async def test_permanent_failures_are_not_retried(tmp_path: Path) -> None:
+    lines = [chat_line("good"), chat_line("bad", "please [[fail:400]]")]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
+        assert emu.ledger.submissions("bad") == 1
+    assert results["good"].ok
+    bad = results["bad"]
+    assert bad.status is RequestState.FAILED and bad.attempt == 1 and bad.status_code == 400
+    assert bad.body["error"]["type"] == "invalid_request_error"
+
+
+async def test_expired_batch_requests_are_resubmitted(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}") for i in range(40)]
+    config = EmulatorConfig(expire_batches=[1], expire_done_fraction=0.5)
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        ledger = emu.ledger
+    assert shards[0].batch_status == "expired"
+    assert job.counts.completed == 40
+    attempts = Counter(r.attempt for r in results.values())
+    assert attempts[1] > 0 and attempts[2] > 0 and attempts[1] + attempts[2] == 40
+    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+
+
+async def test_cancel_stops_the_job_and_keeps_the_store_consistent(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}") for i in range(10)]
+    async with run_emulator(EmulatorConfig(complete_after=30), data_dir=tmp_path / "emu") as emu:
+        async with manager(tmp_path / "jobs.db", emu) as bm:
+            job = await bm.submit(lines)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bm.wait, job.id)
+                async for event in bm.watch(job.id):
+                    if type(event).__name__ == "BatchCreated":
+                        break
+                await bm.cancel(job.id)
+            job = await bm.status(job.id)
+            shards = await bm.shards(job.id)
+        ledger = emu.ledger
+    assert job.status is JobStatus.CANCELLED and job.counts.cancelled == 10
+    assert shards[0].batch_status == "cancelled"
+    assert ledger.totals().billed == 0
+    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id)
+
+
+async def test_429_and_5xx_storms_and_dropped_connections_are_survived(tmp_path: Path) -> None:
+    storm = FaultSpec(rate_429=0.25, rate_500=0.1, rate_503=0.1, drop_rate=0.1, retry_after=0.01)
+    lines = [chat_line(f"r{i}") for i in range(30)]
+    async with run_emulator(EmulatorConfig(faults={"*": storm}, seed=3), data_dir=tmp_path / "emu") as emu:
+        job, _, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_requests_per_batch=10)
+        ledger = emu.ledger
+        assert sum(ledger.totals().faults.values()) > 5  # the storm really happened
+    assert job.counts.completed == 30
+    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+
+
+async def test_truncated_downloads_are_retried_to_a_complete_result(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}", "long text " * 20) for i in range(200)]
+    config = EmulatorConfig(faults={"files_content": FaultSpec(truncate_rate=1.0, max_faults=2)})
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines)
+        assert emu.ledger.totals().faults.get("truncate", 0) >= 1
+    assert job.counts.completed == 200 and len(results) == 200
+
+
+async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}") for i in range(10)]
+    config = EmulatorConfig(faults={"batches_create": FaultSpec(drop_after_create_rate=1.0, max_faults=1)})
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        job, _, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        created = emu.ledger.batches_created()
+        ledger = emu.ledger
+    assert len(created) == 1 and shards[0].batch_id == created[0].id
+    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+
+
+async def test_results_export_in_openai_output_format(tmp_path: Path) -> None:
+    lines = [chat_line("ok"), chat_line("bad", "[[fail:400]]")]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        async with manager(tmp_path / "jobs.db", emu) as bm:
+            job = await bm.submit(lines)
+            await bm.wait(job.id)
+            count = await write_results(bm, job.id, tmp_path / "out.jsonl")
+    out = {d["custom_id"]: d for d in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert count == 2 and set(out) == {"ok", "bad"}
+    assert out["ok"]["response"]["status_code"] == 200 and out["ok"]["error"] is None
+    assert out["ok"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert out["bad"]["response"]["status_code"] == 400
+
+
+async def test_store_never_holds_the_api_key(tmp_path: Path) -> None:
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        await run_job(tmp_path / "jobs.db", emu, [chat_line("a")])
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and "emu" not in path.parts:
+            assert API_KEY.encode() not in path.read_bytes(), path
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert (tmp_path / "jobs.db").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("max_attempts", [0, 51])
+async def test_max_attempts_is_bounded(tmp_path: Path, max_attempts: int) -> None:
+    from asyncbatch import ValidationError
+
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(tmp_path / "j.db", emu) as bm:
+        with pytest.raises(ValidationError):
+            await bm.submit([chat_line("a")], max_attempts=max_attempts)
