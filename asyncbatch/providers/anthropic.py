@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import aiohttp
+import anyio
 import msgspec
 from msgspec import Meta
 
@@ -275,7 +277,19 @@ class AnthropicProvider:
         cannot be verified (results come only once ended), so the unverified candidate created closest to
         ``shard.created_at`` is adopted; the engine checks the ids when it ingests the results (lines whose
         ids it does not know are kept aside, members without a result are retried).
+
+        A batch created moments ago may not be listed yet (the API answers 404 for it for a while, see
+        ``visibility_grace``), and "absent" leads to a second create: so when nothing is found within
+        ``visibility_grace`` of ``shard.created_at``, we wait until then and look once more.
         """
+        found = await self._search(shard)
+        wait = min(shard.created_at + self.visibility_grace - time.time(), self.visibility_grace)
+        if found is None and wait > 0:
+            await anyio.sleep(wait)
+            found = await self._search(shard)
+        return found
+
+    async def _search(self, shard: ShardInfo) -> RemoteBatch | None:
         http = self._client()
         horizon = shard.created_at - FIND_MARGIN
         params = {"limit": FIND_PAGE}
@@ -323,15 +337,24 @@ class AnthropicProvider:
         if self._http is not None:
             await self._http.aclose()
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     # --- helpers -----------------------------------------------------------------------------------------
 
     async def _first_wire_id(self, batch: _MessageBatch) -> str | None:
-        """The custom_id on the first results line, reading no further than that line."""
+        """The custom_id on the first results line, reading no further than that line; None when the
+        results are gone (archived), since a batch we cannot ingest is not worth adopting."""
         http = self._client()
         path = self._results_path(batch)
         head = b""
         try:
             async with http.session.get(http.url(path)) as resp:
+                if resp.status in (404, 410):
+                    return None
                 if resp.status >= 400:
                     body = await resp.read()
                     raise http.error_for(

@@ -8,22 +8,33 @@ checked on a recording stub host. Both are real aiohttp servers on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 from aiohttp import web
-from openai_support import json_handler, stub_host, write_shard
+from anthropic.types import Message
+from openai_support import FAST_RETRY, json_handler, stub_host, write_shard
 
+from asyncbatch.emulator import Emulator, EmulatorConfig, FaultSpec, run_emulator
 from asyncbatch.errors import (
     AuthenticationError,
+    ConnectionFailedError,
+    NotFoundError,
+    ProviderError,
+    TransientError,
     UnsupportedFeatureError,
     ValidationError,
 )
-from asyncbatch.model import BatchStatus, Outcome, Request, Usage
+from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
+from asyncbatch.providers import anthropic as anthropic_module
 from asyncbatch.providers.anthropic import AnthropicProvider
 from asyncbatch.providers.anthropic_translate import to_messages_params
 from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
@@ -214,6 +225,7 @@ async def test_create_streams_the_exact_body_with_the_right_headers(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setattr(anthropic_module, "BODY_CHUNK_LINES", 2)  # the body spans several chunks of lines
     requests = [chat("a.1", "one"), native("b" * 100, "two"), chat("c", "three", max_completion_tokens=9)]
     async with stub_host({"POST /v1/messages/batches": json_handler(batch_json("msgbatch_01"))}) as host:
         provider = AnthropicProvider(base_url=host.url, betas=("beta-one", "beta-two"))
@@ -233,6 +245,8 @@ async def test_create_streams_the_exact_body_with_the_right_headers(
     assert seen.headers["anthropic-version"] == "2023-06-01"
     assert seen.headers["anthropic-beta"] == "beta-one,beta-two"
     assert seen.headers["content-type"] == "application/json"
+    spooled = Path(shard.spool_path).read_bytes().splitlines()
+    assert seen.body == b'{"requests":[' + b",".join(spooled) + b"]}"  # the spool file's lines, as they are
     token = shard.token[:16]
     assert json.loads(seen.body) == {
         "requests": [
@@ -393,3 +407,261 @@ async def test_every_result_type_is_normalised(workdir: Path) -> None:
         ("t-91", Outcome.CANCELLED, "canceled"),
         ("t-92", Outcome.FAILED, "postponed"),
     ]
+
+
+# --- against the emulator --------------------------------------------------------------------------------
+
+KEY = "sk-ant-emu-0123456789"
+
+
+@pytest.fixture
+async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def provider(emu: Emulator) -> AsyncIterator[AnthropicProvider]:
+    async with AnthropicProvider(api_key=KEY, base_url=emu.anthropic_base_url, retry=FAST_RETRY) as anthropic:
+        anthropic.visibility_grace = (
+            0.2  # the emulator lists a batch at once; keep find()'s second look short
+        )
+        yield anthropic
+
+
+async def until_ended(provider: AnthropicProvider, batch: RemoteBatch) -> RemoteBatch:
+    with anyio.fail_after(10):
+        while not batch.status.is_terminal:
+            await anyio.sleep(0.01)
+            batch = await provider.retrieve(batch.id)
+    return batch
+
+
+def by_custom_id(shard: ShardInfo, requests: list[Request], lines: list[ResultLine]) -> dict[str, ResultLine]:
+    """Results keyed by the user's custom_id, via the rid in the wire id (as the engine maps them)."""
+    custom_ids = {f"{shard.token[:16]}-{rid}": r.custom_id for rid, r in enumerate(requests, start=1)}
+    return {custom_ids[line.wire_id]: line for line in lines}
+
+
+ODD_IDS = ["a.b.c", "x" * 100, "caf\u00e9 \u2603/1", 'q"uote\n']
+MIXED = [
+    chat(ODD_IDS[0], "hello there", max_completion_tokens=40, stop=["\n\n"]),
+    chat(ODD_IDS[1], "a longer prompt " * 20, temperature=0.2),
+    Request(
+        custom_id=ODD_IDS[2],
+        body={
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": "Answer in JSON."},
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather"}}],
+        },
+    ),
+    native(ODD_IDS[3], "native params"),
+    chat("bad", "please [[fail:400]]"),
+    chat("overloaded", "please [[fail:529]]"),
+    chat("late", "please [[expire]]"),
+]
+
+
+async def test_full_cycle(emu: Emulator, provider: AnthropicProvider, spool_dir: Path, workdir: Path) -> None:
+    shard = write_shard(provider, spool_dir, MIXED)
+    created = await provider.create(shard)
+    assert (created.status, created.counts["processing"], created.counts["total"]) == (
+        BatchStatus.IN_PROGRESS,
+        7,
+        7,
+    )
+    assert abs(created.created_at - time.time()) < 60 and not created.cancel_requested
+
+    sent = emu.sent_requests(created.id)  # exactly what went over the wire
+    assert [item["custom_id"] for item in sent] == [f"{shard.token[:16]}-{rid}" for rid in range(1, 8)]
+    expected = [r.body if r.url == "/v1/messages" else to_messages_params(r.body) for r in MIXED]
+    assert [item["params"] for item in sent] == expected
+    assert sent[2]["params"]["system"] == "Answer in JSON." and sent[0]["params"]["max_tokens"] == 40
+
+    batch = await until_ended(provider, created)
+    assert batch.status is BatchStatus.COMPLETED and batch.raw_status == "ended"
+    assert batch.counts == {
+        "processing": 0,
+        "succeeded": 4,
+        "errored": 2,
+        "canceled": 0,
+        "expired": 1,
+        "total": 7,
+    }
+    assert batch.output_file_id == f"{emu.anthropic_base_url}/v1/messages/batches/{batch.id}/results"
+
+    results = by_custom_id(shard, MIXED, await collect(provider, batch, workdir))
+    assert list(workdir.iterdir()) == []
+    assert {k: (r.outcome, r.status_code, r.error_code) for k, r in results.items()} == {
+        **{i: (Outcome.SUCCEEDED, 200, None) for i in ODD_IDS},
+        "bad": (Outcome.ERRORED, 400, "invalid_request_error"),
+        "overloaded": (Outcome.ERRORED, 529, "overloaded_error"),
+        "late": (Outcome.EXPIRED, None, "expired"),
+    }
+    short, long = results[ODD_IDS[0]], results[ODD_IDS[1]]
+    assert short.usage is not None and long.usage is not None
+    assert long.usage.input_tokens > short.usage.input_tokens > 0 and short.usage.output_tokens > 0
+    assert short.model == MODEL and short.body is not None
+    message = Message.model_validate_json(bytes(short.body))  # the body is a real Message, kept intact
+    assert message.usage.input_tokens == short.usage.input_tokens
+    assert results["bad"].body is not None and results["bad"].error_message
+
+
+async def test_cancel(emu: Emulator, provider: AnthropicProvider, spool_dir: Path, workdir: Path) -> None:
+    emu.config.complete_after = 3600
+    requests = [chat(f"r{i}", "hi") for i in range(4)]
+    shard = write_shard(provider, spool_dir, requests)
+    created = await provider.create(shard)
+    canceling = await provider.cancel(created.id)
+    assert (canceling.status, canceling.raw_status, canceling.cancel_requested) == (
+        BatchStatus.CANCELLING,
+        "canceling",
+        True,
+    )
+    batch = await until_ended(provider, canceling)
+    assert batch.status is BatchStatus.CANCELLED and batch.counts["canceled"] == 4
+    results = await collect(provider, batch, workdir)
+    assert {(r.outcome, r.error_code) for r in results} == {(Outcome.CANCELLED, "canceled")}
+    assert set(by_custom_id(shard, requests, results)) == {r.custom_id for r in requests}
+
+
+async def test_rate_limits_honour_retry_after(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path
+) -> None:
+    emu.config.faults = {
+        "anthropic_create": FaultSpec(rate_429=1.0, retry_after=0.1, max_faults=1),
+        "anthropic_read": FaultSpec(rate_429=1.0, retry_after=0.2, max_faults=2),
+    }
+    started = time.monotonic()
+    created = await provider.create(write_shard(provider, spool_dir, [chat("a", "hi")]))
+    assert time.monotonic() - started >= 0.1  # a 429 on create surely created nothing: retried after the hint
+    started = time.monotonic()
+    assert (await provider.retrieve(created.id)).id == created.id
+    assert time.monotonic() - started >= 0.4
+    assert [(f.group, f.kind) for f in emu.ledger.faults] == [("anthropic_create", "429")] + [
+        ("anthropic_read", "429")
+    ] * 2
+    assert len(emu.ledger.batches_created()) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (FaultSpec(rate_500=1.0, max_faults=1), TransientError),
+        (FaultSpec(drop_rate=1.0, max_faults=1), ConnectionFailedError),
+    ],
+)
+async def test_ambiguous_create_failures_are_not_retried(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, fault: FaultSpec, error: type[ProviderError]
+) -> None:
+    """After a 5xx or a dropped connection the batch may exist: the engine must find() before creating
+    again, so create() does not retry them itself."""
+    emu.config.faults = {"anthropic_create": fault}
+    with pytest.raises(error):
+        await provider.create(write_shard(provider, spool_dir, [chat("a", "hi")]))
+    assert len(emu.ledger.faults) == 1  # one try only
+
+
+async def test_transient_404_right_after_create(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path
+) -> None:
+    emu.config.anthropic_404_after_create = 30
+    created = await provider.create(write_shard(provider, spool_dir, [chat("a", "hi")]))
+    with pytest.raises(NotFoundError):
+        await provider.retrieve(created.id)
+    assert AnthropicProvider.visibility_grace >= emu.config.anthropic_404_after_create
+    emu.clock.advance(31)
+    assert (await provider.retrieve(created.id)).status is BatchStatus.COMPLETED
+
+
+async def test_find_adopts_a_lost_create_and_verifies_ended_ones(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path
+) -> None:
+    shard = write_shard(provider, spool_dir, [chat("a", "one"), chat("b", "two")])
+    emu.config.complete_after = 3600
+    emu.config.faults = {"anthropic_create": FaultSpec(drop_after_create_rate=1.0, max_faults=1)}
+    with pytest.raises(ConnectionFailedError):
+        await provider.create(shard)
+    (record,) = emu.ledger.batches_created()  # created, but the reply was lost
+    running = await provider.find(shard)  # not ended: adopted on request count and creation time
+    assert running is not None and (running.id, running.status) == (record.id, BatchStatus.IN_PROGRESS)
+
+    other_size = write_shard(provider, spool_dir, [chat("e", "five")], shard_id=3)
+    assert await provider.find(other_size) is None
+
+    emu.clock.advance(3600)  # the batch ends: now its results can prove whose it is
+    ended = await provider.find(shard)
+    assert ended is not None and (ended.id, ended.status) == (record.id, BatchStatus.COMPLETED)
+    same_size = write_shard(provider, spool_dir, [chat("c", "three"), chat("d", "four")], shard_id=2)
+    started = time.monotonic()
+    assert await provider.find(same_size) is None  # same count, but the ids carry another token
+    assert time.monotonic() - started >= 0.1  # looked twice, visibility_grace apart
+    assert len(emu.ledger.batches_created()) == 1
+
+
+async def test_find_pages_back_to_the_horizon(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(anthropic_module, "FIND_PAGE", "2")
+    shards = [
+        write_shard(provider, spool_dir, [chat(f"r{j}", "hi") for j in range(n)], shard_id=n)
+        for n in range(1, 6)
+    ]
+    for shard in shards:
+        await provider.create(shard)
+    oldest = await provider.find(shards[0])  # three pages back
+    assert oldest is not None and oldest.id == emu.ledger.batches_created()[0].id
+    later = msgspec.structs.replace(shards[0], created_at=time.time() + 2 * anthropic_module.FIND_MARGIN)
+    assert await provider.find(later) is None  # everything is older than its horizon
+
+
+async def test_truncated_results_are_downloaded_again(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, workdir: Path
+) -> None:
+    batch = await until_ended(provider, await provider.create(write_shard(provider, spool_dir, MIXED)))
+    clean = await collect(provider, batch, workdir)
+    emu.config.faults = {"anthropic_results": FaultSpec(truncate_rate=1.0, max_faults=2)}
+    assert await collect(provider, batch, workdir) == clean
+    assert [f.kind for f in emu.ledger.faults] == ["truncate"] * 2
+
+
+async def test_wrong_key_never_leaks(
+    emu: Emulator, spool_dir: Path, workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu.config.api_keys = ["sk-ant-the-right-one"]
+    caplog.set_level(logging.DEBUG)
+    async with AnthropicProvider(
+        api_key=SECRET, base_url=emu.anthropic_base_url, retry=FAST_RETRY
+    ) as provider:
+        shard = write_shard(provider, spool_dir, [chat("a", "hi")])
+        batch = RemoteBatch(id="msgbatch_x", status=BatchStatus.COMPLETED, raw_status="ended")
+        calls = [
+            provider.create(shard),
+            provider.find(shard),
+            provider.retrieve("msgbatch_x"),
+            provider.cancel("msgbatch_x"),
+            collect(provider, batch, workdir),
+        ]
+        for call in calls:
+            with pytest.raises(AuthenticationError) as caught:
+                await call
+            error = caught.value
+            assert error.status == 401
+            for text in (str(error), repr(error), error.message, repr(provider)):
+                assert SECRET not in text
+    assert SECRET not in caplog.text
