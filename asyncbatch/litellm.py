@@ -329,17 +329,28 @@ class _Runtime:
         return BatchManager(db, provider=provider, poll_interval=settings.poll_interval,
                             max_poll_interval=settings.max_poll_interval)
 
-    def close(self) -> None:
-        async def stop() -> None:
-            self._scope.cancel()
-            await self._stopped.wait()
-            for manager in self._managers.values():
-                await manager.aclose()
-            self._managers.clear()
+    def close(self, grace: float = 10.0) -> None:
+        """Cancel the drives (their store updates are shielded), close the managers, stop the loop.
 
-        self.portal.call(stop)
-        self.portal.call(self.portal.stop, False)
-        self._thread.join(timeout=10)
+        A drive that does not stop within ``grace`` seconds is left behind in the daemon thread rather
+        than hanging the caller; the store stays consistent either way (every step is a transaction).
+        """
+
+        async def stop() -> bool:
+            self._scope.cancel()
+            with anyio.move_on_after(grace):
+                await self._stopped.wait()
+                for manager in self._managers.values():
+                    await manager.aclose()
+                self._managers.clear()
+                return True
+            return False
+
+        if self.portal.call(stop):
+            self.portal.call(self.portal.stop, False)
+            self._thread.join(timeout=grace)
+        else:
+            log.warning("asyncbatch helpers: a job did not stop within %.0fs; leaving its thread behind", grace)
 
 
 _runtime_lock = threading.Lock()
