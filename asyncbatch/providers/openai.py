@@ -115,7 +115,7 @@ class _Paging(msgspec.Struct):
 
 
 class _BatchPage(msgspec.Struct):
-    """A page of ``GET /batches``: OpenAI pages by ``has_more`` + ``after``, Groq by ``paging.next_cursor``."""
+    """A page of ``GET /batches``: OpenAI pages by ``has_more``/``after``, Groq by ``paging.next_cursor``."""
 
     data: list[_Batch]
     has_more: bool = False
@@ -307,7 +307,8 @@ class OpenAIProvider:
                 raise ValidationError(f"keys must be 1-{MAX_METADATA_KEY} characters", field="metadata")
             if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
                 raise ValidationError(
-                    f"values must be strings of at most {MAX_METADATA_VALUE} characters", field=f"metadata.{key}"
+                    f"values must be strings of at most {MAX_METADATA_VALUE} characters",
+                    field=f"metadata.{key}",
                 )
 
     def model_of(self, request: Request) -> str | None:
@@ -337,7 +338,9 @@ class OpenAIProvider:
     def _client(self) -> HttpClient:
         if self._http is None:
             if not self._api_key:
-                raise AuthenticationError(f"no API key for {self.name}: pass api_key= or set {self.api_key_env}")
+                raise AuthenticationError(
+                    f"no API key for {self.name}: pass api_key= or set {self.api_key_env}"
+                )
             self._http = HttpClient(
                 self.base_url,
                 headers=self._auth_headers(self._api_key),
@@ -451,7 +454,9 @@ class OpenAIProvider:
                     dest = workdir / f"{batch.id}-{file_id}.jsonl"
                     paths.append(dest)
                     await http.download(
-                        self._path(f"/files/{file_id}/content"), dest, headers={"Accept": "application/binary"}
+                        self._path(f"/files/{file_id}/content"),
+                        dest,
+                        headers={"Accept": "application/binary"},
                     )
             for path in paths:
                 async for number, line in _read_lines(path):
@@ -609,7 +614,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         return {"api-key": api_key}
 
     def _wire_endpoint(self, endpoint: str) -> str:
-        """Azure names the batch endpoint without the ``/v1`` prefix (``/chat/completions``), reference §5.1."""
+        """Azure names the batch endpoint without ``/v1`` (``/chat/completions``), reference §5.1."""
         return endpoint.removeprefix("/v1")
 
 

@@ -25,7 +25,9 @@ FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.05)
 
 
 def chat(custom_id: str, text: str, model: str = "gpt-5.4-mini") -> Request:
-    return Request(custom_id=custom_id, body={"model": model, "messages": [{"role": "user", "content": text}]})
+    return Request(
+        custom_id=custom_id, body={"model": model, "messages": [{"role": "user", "content": text}]}
+    )
 
 
 def write_shard(
@@ -101,7 +103,9 @@ async def stub_host(routes: Mapping[str, Handler]) -> AsyncIterator[StubHost]:
         )
         handler = routes.get(f"{request.method} {request.path}")
         if handler is None:
-            return web.json_response({"error": {"message": "no route", "type": "invalid_request_error"}}, status=404)
+            return web.json_response(
+                {"error": {"message": "no route", "type": "invalid_request_error"}}, status=404
+            )
         return await handler(request)
 
     app = web.Application()

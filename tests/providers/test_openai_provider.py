@@ -52,7 +52,9 @@ def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert OpenAIProvider().base_url == "https://api.openai.com/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
     assert OpenAIProvider().base_url == "http://127.0.0.1:9/v1"
-    assert OpenAIProvider(base_url="https://api.groq.com/openai/v1").base_url == "https://api.groq.com/openai/v1"
+    assert (
+        OpenAIProvider(base_url="https://api.groq.com/openai/v1").base_url == "https://api.groq.com/openai/v1"
+    )
     limits = OpenAIProvider().limits
     assert limits.max_requests == 50_000
     assert 190 * 2**20 < limits.max_bytes < 200 * 2**20
@@ -151,7 +153,9 @@ def test_encode_line_is_exact_and_splices_the_body() -> None:
     assert provider.wire_id(custom_id, 7, "tok") == custom_id
     line = provider.encode_line(custom_id, "/v1/chat/completions", body)
     assert line == (
-        b'{"custom_id":"row \\"1\\"\\n\xc3\xa9","method":"POST","url":"/v1/chat/completions","body":' + body + b"}"
+        b'{"custom_id":"row \\"1\\"\\n\xc3\xa9","method":"POST","url":"/v1/chat/completions","body":'
+        + body
+        + b"}"
     )
     assert b"\n" not in line
     decoded = json.loads(line)
@@ -189,7 +193,9 @@ def _listdir(path: Path) -> list[Path]:
     return list(path.iterdir())
 
 
-def _batch_json(batch_id: str, created_at: float = 0, token: str | None = None, **extra: object) -> dict[str, object]:
+def _batch_json(
+    batch_id: str, created_at: float = 0, token: str | None = None, **extra: object
+) -> dict[str, object]:
     return {
         "id": batch_id,
         "object": "batch",
@@ -319,7 +325,9 @@ async def test_together_shapes(spool_dir: Path) -> None:
     }
     async with (
         stub_host(routes) as host,
-        OpenAIProvider(name="together", api_key="tk", base_url=host.url + "/v1", file_purpose="batch-api") as together,
+        OpenAIProvider(
+            name="together", api_key="tk", base_url=host.url + "/v1", file_purpose="batch-api"
+        ) as together,
     ):
         shard = write_shard(together, spool_dir, [chat("a", "hi")])
         batch = await together.create(shard, await together.upload(shard))
@@ -342,7 +350,9 @@ async def test_find_stops_paging_at_the_horizon(spool_dir: Path) -> None:
 
     async def listing(request: web.Request) -> web.Response:
         data = pages[request.query.get("after")]
-        return web.json_response({"object": "list", "data": data, "has_more": True, "last_id": data[-1]["id"]})
+        return web.json_response(
+            {"object": "list", "data": data, "has_more": True, "last_id": data[-1]["id"]}
+        )
 
     async with (
         stub_host({"GET /v1/batches": listing}) as host,
@@ -365,8 +375,16 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
     filler = "x" * 400
     with big.open("wb") as out:
         for i in range(40_000):
-            body = {"model": "m", "choices": [{"message": {"content": filler}}], "usage": {"prompt_tokens": i}}
-            line = {"id": f"batch_req_{i}", "custom_id": f"c{i}", "response": {"status_code": 200, "body": body}}
+            body = {
+                "model": "m",
+                "choices": [{"message": {"content": filler}}],
+                "usage": {"prompt_tokens": i},
+            }
+            line = {
+                "id": f"batch_req_{i}",
+                "custom_id": f"c{i}",
+                "response": {"status_code": 200, "body": body},
+            }
             out.write(msgspec.json.encode(line) + b"\n")
     size = big.stat().st_size
 
@@ -374,7 +392,9 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
         return web.FileResponse(big)
 
     routes = {"GET /v1/files/file-big/content": content}
-    batch = RemoteBatch(id="batch_big", status=BatchStatus.COMPLETED, raw_status="completed", output_file_id="file-big")
+    batch = RemoteBatch(
+        id="batch_big", status=BatchStatus.COMPLETED, raw_status="completed", output_file_id="file-big"
+    )
     async with stub_host(routes) as host, OpenAIProvider(api_key="k", base_url=host.url + "/v1") as provider:
         tracemalloc.start()
         count = tokens = 0
@@ -405,13 +425,25 @@ async def test_result_lines_are_normalised(workdir: Path) -> None:
     embedding_body = {"object": "list", "model": "text-embedding-3-small", "usage": {"prompt_tokens": 7}}
     bad_request = {"error": {"message": "Invalid value", "type": "invalid_request_error", "code": None}}
 
-    def line(custom_id: str, status: int | None = None, body: object = None, error: str | None = None) -> bytes:
+    def line(
+        custom_id: str, status: int | None = None, body: object = None, error: str | None = None
+    ) -> bytes:
         response = {"status_code": status, "request_id": f"req_{custom_id}", "body": body} if status else None
         failure = {"code": error, "message": f"{error} happened"} if error else None
-        item = {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "response": response, "error": failure}
+        item = {
+            "id": f"batch_req_{custom_id}",
+            "custom_id": custom_id,
+            "response": response,
+            "error": failure,
+        }
         return msgspec.json.encode(item) + b"\n"
 
-    output = line("chat", 200, chat_body) + b"\n" + line("resp", 200, responses_body) + line("emb", 200, embedding_body)
+    output = (
+        line("chat", 200, chat_body)
+        + b"\n"
+        + line("resp", 200, responses_body)
+        + line("emb", 200, embedding_body)
+    )
     errors = (
         line("bad", 400, bad_request)
         + line("boom", 500, "upstream said no")
@@ -458,7 +490,9 @@ async def test_result_lines_are_normalised(workdir: Path) -> None:
     boom = results["boom"]
     assert (boom.outcome, boom.status_code, boom.error_code, boom.usage) == (Outcome.ERRORED, 500, None, None)
     assert boom.body is not None and msgspec.json.decode(boom.body) == "upstream said no"
-    assert [(results[k].outcome, results[k].error_code, results[k].body) for k in ("late", "stop", "odd")] == [
+    assert [
+        (results[k].outcome, results[k].error_code, results[k].body) for k in ("late", "stop", "odd")
+    ] == [
         (Outcome.EXPIRED, "batch_expired", None),
         (Outcome.CANCELLED, "batch_cancelled", None),
         (Outcome.FAILED, "server_error", None),
@@ -581,7 +615,10 @@ async def test_cancel(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, 
     shard = write_shard(provider, spool_dir, [chat(f"r{i}", "hi") for i in range(4)])
     created = await provider.create(shard, await provider.upload(shard))
     cancelling = await provider.cancel(created.id)
-    assert cancelling.cancel_requested and cancelling.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+    assert cancelling.cancel_requested and cancelling.status in (
+        BatchStatus.CANCELLING,
+        BatchStatus.CANCELLED,
+    )
     batch = await _until_ended(provider, cancelling)
     assert batch.status is BatchStatus.CANCELLED and batch.cancel_requested
     results = await _collect(provider, batch, workdir)
@@ -614,7 +651,9 @@ async def test_dropped_create_reply_does_not_create_twice(
     assert [f.kind for f in emu.ledger.faults] == ["drop_after_create"]
 
 
-async def test_rate_limits_honour_retry_after(emu: Emulator, provider: OpenAIProvider, spool_dir: Path) -> None:
+async def test_rate_limits_honour_retry_after(
+    emu: Emulator, provider: OpenAIProvider, spool_dir: Path
+) -> None:
     shard = write_shard(provider, spool_dir, [chat("a", "hi")])
     created = await provider.create(shard, await provider.upload(shard))
     emu.config.faults = {
@@ -651,7 +690,9 @@ def _expected(request: Request) -> Outcome:
     return Outcome.ERRORED if "[[fail:" in request.body["messages"][0]["content"] else Outcome.SUCCEEDED
 
 
-async def test_dropped_connections(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path) -> None:
+async def test_dropped_connections(
+    emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path
+) -> None:
     emu.config.faults = {
         group: FaultSpec(drop_rate=1.0, max_faults=2)
         for group in ("files_upload", "batches_create", "batches_read", "files_content")
@@ -677,7 +718,9 @@ async def test_truncated_downloads_are_retried(
     assert [f.kind for f in emu.ledger.faults] == ["truncate"] * 3
 
 
-async def test_wrong_key_never_leaks(emu: Emulator, spool_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_wrong_key_never_leaks(
+    emu: Emulator, spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     emu.config.api_keys = ["sk-the-right-one"]
     caplog.set_level(logging.DEBUG)
     async with OpenAIProvider(api_key=SECRET, base_url=emu.openai_base_url, retry=FAST_RETRY) as provider:
