@@ -66,7 +66,7 @@ _STATUS = {"in_progress": BatchStatus.IN_PROGRESS, "canceling": BatchStatus.CANC
 _OUTCOMES = {"expired": Outcome.EXPIRED, "canceled": Outcome.CANCELLED}
 
 T = TypeVar("T")
-NULL = msgspec.Raw(b"null")
+_NULL = msgspec.Raw(b"null")
 
 
 # --- wire structs ----------------------------------------------------------------------------------------
@@ -103,8 +103,8 @@ class _Result(msgspec.Struct):
     """``result`` of a results line; ``message`` and ``error`` stay raw: they are the kept bodies."""
 
     type: str
-    message: msgspec.Raw = NULL
-    error: msgspec.Raw = NULL
+    message: msgspec.Raw = _NULL
+    error: msgspec.Raw = _NULL
 
 
 class _ResultRow(msgspec.Struct):
@@ -218,7 +218,7 @@ class AnthropicProvider:
 
     def wire_id(self, custom_id: str, rid: int, token: str) -> str:
         """``f"{token[:16]}-{rid}"``: Anthropic-safe for any custom_id, and it names the shard (see find)."""
-        return f"{token[:16]}-{rid}"
+        return f"{_shard_prefix(token)}{rid}"
 
     def encode_line(self, wire_id: str, url: str, body: bytes) -> bytes:
         """``{"custom_id", "params"}``: the translated chat body, or native params spliced in as stored."""
@@ -302,7 +302,7 @@ class AnthropicProvider:
                     continue
                 if batch.processing_status != "ended":
                     unverified.append(batch)
-                elif (await self._first_wire_id(batch) or "").startswith(f"{shard.token[:16]}-"):
+                elif (await self._first_wire_id(batch) or "").startswith(_shard_prefix(shard.token)):
                     return self._normalise(batch)
             if not page.has_more or not page.data or len(in_window) < len(page.data):
                 break
@@ -372,11 +372,11 @@ class AnthropicProvider:
             return None
 
     def _results_path(self, batch: _MessageBatch) -> str:
-        """``results_url`` as the docs ask, unless it points at another host: the key never goes elsewhere."""
-        url = batch.results_url
-        if url and (url.startswith(f"{self.base_url}/") or url.startswith("/")):
-            return url
-        return f"{BATCHES}/{batch.id}/results"
+        """``results_url`` as the docs ask, relative to ``base_url`` (what the store keeps survives a move of
+        the host, e.g. a local emulator on a new port), unless it points at another host: the key never goes
+        elsewhere, the documented path is used instead."""
+        url = (batch.results_url or "").removeprefix(self.base_url)
+        return url if url.startswith("/") else f"{BATCHES}/{batch.id}/results"
 
     def _normalise(self, batch: _MessageBatch) -> RemoteBatch:
         ended = batch.processing_status == "ended"
@@ -393,6 +393,11 @@ class AnthropicProvider:
             created_at=_timestamp(batch.created_at),
             cancel_requested=batch.cancel_initiated_at is not None,
         )
+
+
+def _shard_prefix(token: str) -> str:
+    """What every wire id of a shard starts with; 64 bits of its uuid4 token tell shards apart."""
+    return f"{token[:16]}-"
 
 
 async def _requests_body(spool: Path) -> AsyncIterator[bytes]:
@@ -421,7 +426,7 @@ def _result_line(number: int, raw: bytes) -> ResultLine:
     try:
         row = _row_decoder.decode(raw)
         result = row.result
-        if result.type == "succeeded" and result.message != NULL:
+        if result.type == "succeeded" and result.message != _NULL:
             summary = _summary_decoder.decode(result.message)
             return ResultLine(
                 wire_id=row.custom_id,
@@ -432,12 +437,12 @@ def _result_line(number: int, raw: bytes) -> ResultLine:
                 model=summary.model,
             )
         if result.type == "errored":
-            envelope = _error_decoder.decode(result.error) if result.error != NULL else _ErrorResponse()
+            envelope = _error_decoder.decode(result.error) if result.error != _NULL else _ErrorResponse()
             return ResultLine(
                 wire_id=row.custom_id,
                 outcome=Outcome.ERRORED,
                 status_code=ERROR_STATUS.get(envelope.error.type),
-                body=result.error if result.error != NULL else None,
+                body=result.error if result.error != _NULL else None,
                 error_code=envelope.error.type,
                 error_message=envelope.error.message,
                 request_id=envelope.request_id,
