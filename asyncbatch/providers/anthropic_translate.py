@@ -19,7 +19,8 @@ than one rejected before anything is stored. The rules:
   ``metadata.user_id``.
 * JSON mode: ``json_object`` appends :data:`JSON_OBJECT_INSTRUCTION` to ``system``. ``json_schema`` adds a
   tool named :data:`JSON_RESPONSE_TOOL` whose ``input_schema`` is the schema and forces it (``tool_choice``
-  ``tool``; ``any`` when the request has its own tools, so Claude either calls one of them or answers).
+  ``tool``; ``any`` when the request has its own tools and lets Claude use them, so that it either calls
+  one of them or answers; a named tool_choice is kept; ``required`` cannot be expressed and is refused).
   The answer therefore comes back as that tool's ``tool_use`` input, and
   :func:`message_to_chat_completion` turns it back into ``message.content`` (a JSON string), as OpenAI
   would return it.
@@ -33,7 +34,9 @@ than one rejected before anything is stored. The rules:
   ``prompt_cache_retention``, ``stream_options``, ``prediction``, image ``detail``.
 * Shape rules Claude enforces and OpenAI does not: blank text parts are dropped, and a message left with no
   content is a ValidationError; a final assistant turn is a prefill (Claude continues it rather than writing
-  a new turn) and loses its trailing whitespace, which Claude rejects.
+  a new turn) and loses its trailing whitespace, which Claude rejects; tool call ids must match
+  ``^[a-zA-Z0-9_-]+$`` (OpenAI's ``call_...`` ids do); ``tool_choice`` auto/none without tools is ignored,
+  required/named without tools (or naming an absent tool) is a ValidationError.
 """
 
 from __future__ import annotations
