@@ -164,35 +164,50 @@ class JobTracker:
         return new
 
     def diff(self, job: Job, shards: list[Shard]) -> list[AnyEvent]:
-        """The events that explain how the store moved since the last snapshot."""
+        """The events that explain how the store moved since the last snapshot, in causal order: what
+        happened to known shards and their ingestion first, then the shards planned since (resubmissions)."""
+        known = [s for s in shards if s.id in self._shards]
+        new = [s for s in shards if s.id not in self._shards]
         events: list[AnyEvent] = []
         landed: list[Shard] = []
-        for shard in shards:
-            seen = self._shards.get(shard.id)
-            if seen is None:
-                seen = self._shards[shard.id] = _SeenShard()
-                if shard.attempt > 1 and self._store_resubmit(shard):
-                    events.append(RequestsResubmitted(job_id=job.id, count=shard.request_count,
-                                                      attempt=shard.attempt))
-            if shard.batch_id is not None and seen.batch_id is None:
-                seen.batch_id = shard.batch_id
-                events.append(BatchCreated(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
-                                           request_count=shard.request_count, attempt=shard.attempt))
-            if shard.batch_status is not None and shard.batch_id is not None:
-                status = (shard.batch_status, shard.provider_counts)
-                if seen.status != status:
-                    seen.status = status
-                    events.append(BatchStatusChanged(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
-                                                     status=shard.batch_status, counts=shard.provider_counts))
-            if shard.phase is ShardPhase.INGESTED and not seen.ingested:
-                seen.ingested = True
-                landed.append(shard)
-        events.extend(self._ingested(job, landed))
+        for shard in known:
+            landed += self._moves(job, shard, events)
+        later: list[AnyEvent] = []
+        for shard in new:
+            self._shards[shard.id] = _SeenShard()
+            if shard.attempt > 1 and self._store_resubmit(shard):
+                later.append(RequestsResubmitted(job_id=job.id, count=shard.request_count, attempt=shard.attempt))
+            landed += self._moves(job, shard, later)
+        ingested = self._ingested(job, landed)
+        events += [e for e in ingested if e.shard_id in self._ids(known)] + later
+        events += [e for e in ingested if e.shard_id not in self._ids(known)]
         self._counts = job.counts
         if job.status.is_terminal and not self.finished:
             self.finished = True
             events.append(JobFinished(job_id=job.id, status=job.status, counts=job.counts))
         return events
+
+    @staticmethod
+    def _ids(shards: list[Shard]) -> set[int]:
+        return {shard.id for shard in shards}
+
+    def _moves(self, job: Job, shard: Shard, events: list[AnyEvent]) -> list[Shard]:
+        """Append the creation and status change of one shard not yet told; [shard] if it has landed."""
+        seen = self._shards[shard.id]
+        if shard.batch_id is None:
+            return []
+        if seen.batch_id is None:
+            seen.batch_id = shard.batch_id
+            events.append(BatchCreated(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
+                                       request_count=shard.request_count, attempt=shard.attempt))
+        if shard.batch_status is not None and seen.status != (shard.batch_status, shard.provider_counts):
+            seen.status = (shard.batch_status, shard.provider_counts)
+            events.append(BatchStatusChanged(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
+                                             status=shard.batch_status, counts=shard.provider_counts))
+        if shard.phase is ShardPhase.INGESTED and not seen.ingested:
+            seen.ingested = True
+            return [shard]
+        return []
 
     def _store_resubmit(self, shard: Shard) -> bool:
         key = (shard.attempt, shard.request_count)
@@ -202,13 +217,13 @@ class JobTracker:
         self._store_resubmits[key] += 1
         return True
 
-    def _ingested(self, job: Job, landed: list[Shard]) -> list[AnyEvent]:
+    def _ingested(self, job: Job, landed: list[Shard]) -> list[ResultsIngested]:
         """Shards that reached ``ingested`` since the last snapshot, with the count changes shared out."""
         before, now = self._counts, job.counts
         succeeded = max(0, now.completed - before.completed)
         failed = max(0, now.failed + now.cancelled - before.failed - before.cancelled)
         total = sum(shard.request_count for shard in landed)
-        events: list[AnyEvent] = []
+        events: list[ResultsIngested] = []
         for shard in landed:
             share = shard.request_count / total
             ok = min(math.ceil(succeeded * share), shard.request_count)
