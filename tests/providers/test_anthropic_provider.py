@@ -541,15 +541,18 @@ async def test_cancel(emu: Emulator, provider: AnthropicProvider, spool_dir: Pat
 
 
 async def test_rate_limits_honour_retry_after(
-    emu: Emulator, provider: AnthropicProvider, spool_dir: Path
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emu.config.faults = {
         "anthropic_create": FaultSpec(rate_429=1.0, retry_after=0.1, max_faults=1),
         "anthropic_read": FaultSpec(rate_429=1.0, retry_after=0.2, max_faults=2),
     }
+    monkeypatch.setattr(anthropic_module, "BODY_CHUNK_LINES", 2)
+    shard = write_shard(provider, spool_dir, [chat(f"r{i}", "hi") for i in range(5)])
     started = time.monotonic()
-    created = await provider.create(write_shard(provider, spool_dir, [chat("a", "hi")]))
+    created = await provider.create(shard)
     assert time.monotonic() - started >= 0.1  # a 429 on create surely created nothing: retried after the hint
+    assert len(emu.sent_requests(created.id)) == 5  # the retry streamed the spool file again from its start
     started = time.monotonic()
     assert (await provider.retrieve(created.id)).id == created.id
     assert time.monotonic() - started >= 0.4
@@ -612,6 +615,21 @@ async def test_find_adopts_a_lost_create_and_verifies_ended_ones(
     assert await provider.find(same_size) is None  # same count, but the ids carry another token
     assert time.monotonic() - started >= 0.1  # looked twice, visibility_grace apart
     assert len(emu.ledger.batches_created()) == 1
+
+
+async def test_find_adopts_the_running_batch_created_closest_to_the_shard(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path
+) -> None:
+    """Two running batches of the same size cannot be told apart by ids yet: creation time decides."""
+    emu.config.complete_after = 3600
+    first = write_shard(provider, spool_dir, [chat("a", "one")])
+    first_batch = await provider.create(first)
+    await anyio.sleep(0.3)
+    second = write_shard(provider, spool_dir, [chat("b", "two")], shard_id=2)
+    second_batch = await provider.create(second)
+    found_first, found_second = await provider.find(first), await provider.find(second)
+    assert found_first is not None and found_first.id == first_batch.id
+    assert found_second is not None and found_second.id == second_batch.id
 
 
 async def test_find_pages_back_to_the_horizon(
