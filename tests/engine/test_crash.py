@@ -28,8 +28,8 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str, str]:
-    with anyio.fail_after(timeout):
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    with anyio.fail_after(120):
         proc = await anyio.run_process([sys.executable, "-m", "asyncbatch", *args], env=env or cli_env(), check=False)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
@@ -75,7 +75,8 @@ async def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
 
     rng = random.Random(11)  # seeded: a failure can be replayed
     config = EmulatorConfig(complete_after=1.0)
-    lines = [chat_line(f"req-{i:05d}", f"item {i}" + (" [[fail_attempts:2]]" if i % 7 == 0 else "")) for i in range(400)]
+    lines = [chat_line(f"req-{i:05d}", f"item {i}" + (" [[fail_attempts:2]]" if i % 7 == 0 else ""))
+             for i in range(400)]
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
         db, job_id = await submit(tmp_path, emu, lines)
         kills = 0

@@ -113,7 +113,7 @@ async def test_retryable_failures_stop_at_max_attempts_and_keep_the_error(tmp_pa
 async def test_permanent_failures_are_not_retried(tmp_path: Path) -> None:
     lines = [chat_line("good"), chat_line("bad", "please [[fail:400]]")]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
+        _, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
         assert emu.ledger.submissions("bad") == 1
     assert results["good"].ok
     bad = results["bad"]
@@ -187,11 +187,11 @@ async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(tmp_path: 
 
 async def test_results_export_in_openai_output_format(tmp_path: Path) -> None:
     lines = [chat_line("ok"), chat_line("bad", "[[fail:400]]")]
-    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        async with manager(tmp_path / "jobs.db", emu) as bm:
-            job = await bm.submit(lines)
-            await bm.wait(job.id)
-            count = await write_results(bm, job.id, tmp_path / "out.jsonl")
+    db = tmp_path / "jobs.db"
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
+        job = await bm.submit(lines)
+        await bm.wait(job.id)
+        count = await write_results(bm, job.id, tmp_path / "out.jsonl")
     out = {d["custom_id"]: d for d in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert count == 2 and set(out) == {"ok", "bad"}
     assert out["ok"]["response"]["status_code"] == 200 and out["ok"]["error"] is None
