@@ -362,17 +362,20 @@ def _runtime() -> _Runtime:
     with _runtime_lock:
         if _current is None:
             _current = _Runtime()
-            atexit.register(shutdown)
+            atexit.register(shutdown, grace=3.0)
         return _current
 
 
-def shutdown() -> None:
-    """Stop driving jobs in this process and close the stores (jobs stay in the store and can be resumed)."""
+def shutdown(grace: float = 10.0) -> None:
+    """Stop driving jobs in this process and close the stores (jobs stay in the store and can be resumed).
+
+    Called at exit too; a drive that does not stop within ``grace`` seconds is abandoned, which is safe.
+    """
     global _current
     with _runtime_lock:
         runtime, _current = _current, None
     if runtime is not None:
-        runtime.close()
+        runtime.close(grace)
 
 
 def _both(impl: Callable[P, Coroutine[Any, Any, T]]) -> tuple[Callable[P, Coroutine[Any, Any, T]], Callable[P, T]]:
