@@ -497,7 +497,10 @@ class OpenAIAPI:
         if source.purpose != "batch":
             raise _Rejected(400, f"File {source.id} has purpose {source.purpose!r}; a batch input file must "
                             "be uploaded with purpose 'batch'.", "input_file_id")
-        if body.endpoint not in OPENAI_ENDPOINTS:
+        endpoint = str(body.endpoint)
+        if endpoint not in OPENAI_ENDPOINTS and f"/v1{endpoint}" in OPENAI_ENDPOINTS:
+            endpoint = f"/v1{endpoint}"  # Azure names the endpoint without /v1 while its lines keep it
+        if endpoint not in OPENAI_ENDPOINTS:
             raise _Rejected(400, f"Invalid value for 'endpoint': {body.endpoint!r}. Supported values are: "
                             f"{', '.join(OPENAI_ENDPOINTS)}.", "endpoint")
         if body.completion_window not in config.completion_windows:
@@ -513,7 +516,7 @@ class OpenAIAPI:
         _snapshot(self.files.path(source.id), input_path)
         return OpenAIBatch(
             batch_id=batch_id, ordinal=self.ctx.next_ordinal(), created_at=self.ctx.clock.now(),
-            input_file_id=source.id, input_path=input_path, endpoint=body.endpoint,
+            input_file_id=source.id, input_path=input_path, endpoint=endpoint,
             completion_window=body.completion_window, metadata=metadata, output_expires_after=output_expiry,
         )
 
