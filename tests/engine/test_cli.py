@@ -1,0 +1,94 @@
+"""The command line as users run it: real subprocesses, a real store file, the emulator over loopback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from asyncbatch.emulator import EmulatorConfig, run_emulator
+from tests.engine.test_crash import cli, cli_env
+from tests.helpers import API_KEY, chat_line, write_jsonl
+
+FAST = ("--poll-interval", "0.05", "--max-poll-interval", "0.2")
+
+
+async def test_submit_run_status_list_results(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    lines = [chat_line(f"r{i}") for i in range(6)] + [chat_line("bad", "[[fail:400]]")]
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    async with run_emulator(EmulatorConfig(complete_after=0.2), data_dir=tmp_path / "emu") as emu:
+        code, out, err = await cli("submit", str(path), "--db", str(db), "--base-url", emu.openai_base_url,
+                                   "--endpoint", "/v1/chat/completions", "--metadata", "team=search", "run=7",
+                                   "--max-attempts", "2")
+        assert code == 0, err
+        job_id = out.strip().splitlines()[-1]
+        assert job_id.startswith("job_")
+        assert emu.ledger.totals().files == 0  # submit stores and validates; it sends nothing
+
+        code, out, err = await cli("status", job_id, "--db", str(db), "--json")
+        status = json.loads(out)
+        assert code == 0 and status["status"] == "open" and status["counts"]["total"] == 7
+        assert status["metadata"] == {"team": "search", "run": "7"} and status["max_attempts"] == 2
+
+        code, out, err = await cli("run", "--db", str(db), *FAST)
+        assert code == 0, err
+        assert f"{job_id} done: 6 succeeded, 1 failed" in out
+        assert emu.ledger.batches_created()[0].metadata is not None
+        assert emu.ledger.batches_created()[0].metadata["team"] == "search"
+
+        code, out, _ = await cli("status", job_id, "--db", str(db))
+        assert code == 0 and "done" in out and "6 succeeded, 1 failed" in out
+        code, out, _ = await cli("list", "--db", str(db))
+        assert code == 0 and job_id in out and "6/7 succeeded" in out
+
+        code, _, err = await cli("results", job_id, "--db", str(db), "-o", str(tmp_path / "out.jsonl"))
+        assert code == 0, err
+        lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert sorted(line["custom_id"] for line in lines) == sorted([f"r{i}" for i in range(6)] + ["bad"])
+        assert all(set(line) == {"id", "custom_id", "response", "error"} for line in lines)
+        bad = next(line for line in lines if line["custom_id"] == "bad")
+        assert bad["response"]["status_code"] == 400
+
+
+async def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [chat_line("a"), '{"custom_id": "b", "body": ', chat_line("c")])
+    cases = [
+        (("status", "job_x", "--db", str(tmp_path / "missing.db")), "no job store"),
+        (("submit", str(bad), "--db", str(db)), "line 2"),
+        (("submit", str(tmp_path / "nope.jsonl"), "--db", str(db)), "no such file"),
+        (("status", "job_unknown", "--db", str(db)), "no job 'job_unknown'"),
+        (("submit", str(bad), "--db", str(db), "--metadata", "novalue"), "KEY=VALUE"),
+    ]
+    for args, expected in cases:
+        code, _, err = await cli(*args)
+        assert code != 0, args
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (args, err)
+
+
+async def test_cancel_from_the_command_line(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(4)])
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        _, out, _ = await cli("submit", str(path), "--db", str(db), "--base-url", emu.openai_base_url)
+        job_id = out.strip().splitlines()[-1]
+        code, out, err = await cli("cancel", job_id, "--db", str(db))
+        assert code == 0, err
+        code, out, _ = await cli("run", "--db", str(db), *FAST)
+        assert code == 0
+        code, out, _ = await cli("status", job_id, "--db", str(db), "--json")
+        status = json.loads(out)
+        assert status["status"] == "cancelled" and status["counts"]["cancelled"] == 4
+        assert emu.ledger.totals().batches == 0
+
+
+async def test_help_lists_the_commands() -> None:
+    import anyio
+
+    proc = await anyio.run_process([sys.executable, "-m", "asyncbatch", "--help"], env=cli_env())
+    text = proc.stdout.decode()
+    for command in ("submit", "run", "status", "list", "cancel", "results", "emulator", "demo"):
+        assert command in text
+    assert API_KEY not in text
