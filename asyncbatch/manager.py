@@ -84,9 +84,9 @@ class BatchManager:
     ) -> None:
         self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
         self._provider = provider
-        self._providers: dict[tuple[str, str | None], Provider] = {}
+        self._providers: dict[bytes, Provider] = {}
         if provider is not None:
-            self._providers[(provider.name, provider.base_url)] = provider
+            self._providers[_provider_key(provider.name, provider.base_url, provider.options())] = provider
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
         self.max_requests_per_batch = max_requests_per_batch
@@ -129,13 +129,16 @@ class BatchManager:
         """The provider new jobs go to (OpenAI from the environment unless one was given)."""
         if self._provider is None:
             self._provider = create_provider("openai")
-            self._providers.setdefault((self._provider.name, self._provider.base_url), self._provider)
+            key = _provider_key(self._provider.name, self._provider.base_url, self._provider.options())
+            self._providers.setdefault(key, self._provider)
         return self._provider
 
     def provider_for(self, job: Job) -> Provider:
-        key = (job.provider, job.base_url)
+        """The provider a stored job was made for: the manager's own when it matches (name, base URL and
+        options), else rebuilt by name with the recorded options and a key from the environment."""
+        key = _provider_key(job.provider, job.base_url, job.provider_options)
         if key not in self._providers:
-            self._providers[key] = create_provider(job.provider, base_url=job.base_url)
+            self._providers[key] = create_provider(job.provider, base_url=job.base_url, **job.provider_options)
         return self._providers[key]
 
     def limits_for(self, provider: Provider) -> ShardLimits:
@@ -172,6 +175,7 @@ class BatchManager:
         now = time.time()
         job = Job(
             id=job_id or f"job_{uuid.uuid4().hex[:24]}", provider=provider.name, base_url=provider.base_url,
+            provider_options=provider.options(),
             endpoint=endpoint or "*", completion_window=completion_window, max_attempts=max_attempts,
             metadata=clean_metadata, status=JobStatus.OPEN, created_at=now, updated_at=now,
         )
@@ -539,6 +543,10 @@ class _ShardRunner:
             job_id=self.job_id, shard_id=shard.id, batch_id=remote.id, succeeded=tally[RequestState.SUCCEEDED],
             failed=tally[RequestState.FAILED] + tally[RequestState.CANCELLED], resubmitted=tally[RequestState.PENDING],
         ))
+
+
+def _provider_key(name: str, base_url: str | None, options: Mapping[str, Any]) -> bytes:
+    return msgspec.json.encode([name, base_url, options], order="sorted")
 
 
 async def _non_empty(chunks: AsyncIterator[list[NewRequest]]) -> AsyncIterator[list[NewRequest]]:

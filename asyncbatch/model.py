@@ -206,6 +206,7 @@ class Job(msgspec.Struct, kw_only=True):
     id: str
     provider: str
     base_url: str | None
+    provider_options: dict[str, Any] = msgspec.field(default_factory=dict)
     endpoint: str
     completion_window: str
     max_attempts: int

@@ -55,8 +55,11 @@ def create_provider(name: str, *, base_url: str | None = None, api_key: str | No
         raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}") from None
     if entry.key_env is not None:
         api_key = api_key or os.environ.get(entry.key_env)
+    merged = {**entry.defaults, **options}
+    if isinstance(merged.get("limits"), dict):  # as recorded with a job
+        merged["limits"] = ShardLimits(**merged["limits"])
     cls = getattr(importlib.import_module(entry.module), entry.cls)
-    provider: Provider = cls(api_key=api_key, base_url=base_url or entry.base_url, **{**entry.defaults, **options})
+    provider: Provider = cls(api_key=api_key, base_url=base_url or entry.base_url, **merged)
     return provider
 
 

@@ -174,10 +174,15 @@ class AnthropicProvider:
         max_connections: int = 32,
         retry: RetryPolicy | None = None,
         timeout: float = 600.0,
+        visibility_grace: float | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or ANTHROPIC_BASE_URL).rstrip("/")
         self.limits = limits or DEFAULT_LIMITS
         self.default_max_tokens = default_max_tokens
+        self.anthropic_version = anthropic_version
+        self.betas = list(betas)
+        if visibility_grace is not None:
+            self.visibility_grace = visibility_grace
         self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self._headers = {"anthropic-version": anthropic_version}
         if betas:
@@ -189,6 +194,15 @@ class AnthropicProvider:
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(base_url={self.base_url!r})"
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "anthropic_version": self.anthropic_version,
+            "betas": self.betas,
+            "default_max_tokens": self.default_max_tokens,
+            "limits": {"max_requests": self.limits.max_requests, "max_bytes": self.limits.max_bytes},
+            "visibility_grace": self.visibility_grace,
+        }
 
     # --- validation and encoding (no I/O) ----------------------------------------------------------------
 

@@ -71,6 +71,10 @@ class Provider(Protocol):
     limits: ShardLimits
     visibility_grace: float  # seconds during which a 404 on a just-created batch means "not visible yet"
 
+    def options(self) -> dict[str, Any]:
+        """Settings that change what is sent (never the key), as JSON values: recorded with each job, so a
+        restarted process rebuilds the same provider with ``create_provider(name, base_url=..., **options)``."""
+
     def check(self, request: Request) -> None:
         """Raise ValidationError (with ``field``) if this provider cannot run the request. No I/O."""
 

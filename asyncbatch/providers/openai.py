@@ -12,7 +12,7 @@ import datetime as dt
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -256,6 +256,8 @@ class OpenAIProvider:
         self.completion_windows = frozenset(completion_windows)
         self.endpoints = frozenset(endpoints)
         self.file_purpose = file_purpose
+        self.organization = organization
+        self.project = project
         self._api_key = api_key or os.environ.get(self.api_key_env) or None
         self._optional_headers = {
             k: v for k, v in (("OpenAI-Organization", organization), ("OpenAI-Project", project)) if v
@@ -268,6 +270,17 @@ class OpenAIProvider:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "completion_windows": sorted(self.completion_windows),
+            "endpoints": sorted(self.endpoints),
+            "limits": {"max_requests": self.limits.max_requests, "max_bytes": self.limits.max_bytes},
+        }
+        if self.file_purpose != "batch":
+            options["file_purpose"] = self.file_purpose
+        options.update((k, v) for k, v in (("organization", self.organization), ("project", self.project)) if v)
+        return options
 
     # --- validation (no I/O) -----------------------------------------------------------------------------
 
@@ -609,6 +622,13 @@ class AzureOpenAIProvider(OpenAIProvider):
             name=name,
         )
         self._query = f"?api-version={api_version}" if api_version else ""
+        self.api_version = api_version
+
+    def options(self) -> dict[str, Any]:
+        options = super().options()
+        if self.api_version:
+            options["api_version"] = self.api_version
+        return options
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"api-key": api_key}

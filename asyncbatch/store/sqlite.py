@@ -186,7 +186,8 @@ class SQLiteStore:
             await db.execute(
                 _Q["insert_job"],
                 {
-                    "id": job.id, "provider": job.provider, "base_url": job.base_url, "endpoint": job.endpoint,
+                    "id": job.id, "provider": job.provider, "base_url": job.base_url,
+                    "provider_options": _json(job.provider_options).decode(), "endpoint": job.endpoint,
                     "completion_window": job.completion_window, "max_attempts": job.max_attempts,
                     "metadata": _json(job.metadata).decode(), "status": job.status.value,
                     "created_at": job.created_at, "updated_at": job.updated_at,
@@ -492,10 +493,11 @@ def _statements(script: str) -> list[str]:
 
 
 def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
-    (job_id, provider, base_url, endpoint, window, max_attempts, metadata, status, cancel, created,
+    (job_id, provider, base_url, options, endpoint, window, max_attempts, metadata, status, cancel, created,
      updated) = row
     return Job(
-        id=job_id, provider=provider, base_url=base_url, endpoint=endpoint, completion_window=window,
+        id=job_id, provider=provider, base_url=base_url, provider_options=msgspec.json.decode(options),
+        endpoint=endpoint, completion_window=window,
         max_attempts=max_attempts, metadata=msgspec.json.decode(metadata), status=JobStatus(status),
         cancel_requested=bool(cancel), created_at=created, updated_at=updated,
     )

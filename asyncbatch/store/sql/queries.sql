@@ -1,22 +1,22 @@
 -- Named queries of the SQLite store. `-- name: x` starts query x; asyncbatch.store.sql loads them.
 
 -- name: insert_job
-INSERT INTO jobs (id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status,
-                  cancel_requested, created_at, updated_at)
-VALUES (:id, :provider, :base_url, :endpoint, :completion_window, :max_attempts, :metadata, :status, 0,
-        :created_at, :updated_at);
+INSERT INTO jobs (id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata,
+                  status, cancel_requested, created_at, updated_at)
+VALUES (:id, :provider, :base_url, :provider_options, :endpoint, :completion_window, :max_attempts, :metadata,
+        :status, 0, :created_at, :updated_at);
 
 -- name: insert_request
 INSERT INTO requests (job_id, custom_id, url, model, body, size) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (job_id, custom_id) DO NOTHING;
 
 -- name: get_job
-SELECT id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
+SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
        created_at, updated_at
 FROM jobs WHERE id = ?;
 
 -- name: list_jobs
-SELECT id, provider, base_url, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
+SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
        created_at, updated_at
 FROM jobs ORDER BY created_at, id;
 

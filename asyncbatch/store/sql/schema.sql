@@ -5,6 +5,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id                TEXT PRIMARY KEY,
     provider          TEXT NOT NULL,             -- provider name ("openai", "anthropic", ...); never a key
     base_url          TEXT,
+    provider_options  TEXT NOT NULL DEFAULT '{}',  -- JSON: what rebuilds the same provider (never a key)
     endpoint          TEXT NOT NULL,             -- the job's endpoint, or "*" for mixed endpoints
     completion_window TEXT NOT NULL,
     max_attempts      INTEGER NOT NULL,
