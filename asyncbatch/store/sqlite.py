@@ -370,10 +370,15 @@ class SQLiteStore:
         return [_shard(row) for row in await self._read(_Q["job_shards"], (job_id,))]
 
     async def spool_rows(self, shard_id: int, chunk: int = 2000) -> AsyncIterator[list[tuple[str, str, bytes]]]:
-        """The shard's members (wire_id, url, body), in chunks: memory stays flat whatever the shard size."""
-        async with self._lock, self.db.execute(_Q["spool_rows"], (shard_id,)) as cur:
-            while rows := await cur.fetchmany(chunk):
-                yield [(str(w), str(u), bytes(b)) for w, u, b in rows]
+        """The shard's members (wire_id, url, body), in chunks: memory stays flat whatever the shard size.
+
+        Each chunk is its own read (keyset on wire_id), so no lock is held while the caller works on a
+        chunk: a consumer cancelled mid-way cannot leave the store locked.
+        """
+        after = ""
+        while rows := await self._read(_Q["spool_rows"], (shard_id, after, chunk)):
+            yield [(str(w), str(u), bytes(b)) for w, u, b in rows]
+            after = str(rows[-1][0])
 
     async def _shard_update(self, query: str, params: Sequence[Any], shard_id: int) -> None:
         async with self._tx() as db:

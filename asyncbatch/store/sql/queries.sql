@@ -74,7 +74,7 @@ FROM shards WHERE job_id = ? ORDER BY id;
 
 -- name: spool_rows
 SELECT m.wire_id, r.url, r.body FROM shard_members m JOIN requests r ON r.rid = m.rid
-WHERE m.shard_id = ? ORDER BY m.rid;
+WHERE m.shard_id = ? AND m.wire_id > ? ORDER BY m.wire_id LIMIT ?;
 
 -- name: shard_uploaded
 UPDATE shards SET phase = 'uploaded', file_id = ? WHERE id = ? AND lease_owner = ? AND phase = 'planned';
