@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -54,6 +54,9 @@ from .providers import create_provider
 from .providers.base import BatchError, Provider, RemoteBatch, ResultLine, ShardLimits
 from .retry import RetryStrategy
 from .store import LeaseLostError, NewRequest, ResultRow, SQLiteStore, Store, StoredResult, new_owner
+
+if TYPE_CHECKING:
+    from .cost import CostReport
 
 log = logging.getLogger("asyncbatch")
 
@@ -182,15 +185,28 @@ class BatchManager:
         validator = Validator(provider, endpoint)
         count = await self.store.create_job(job, _non_empty(validated_chunks(requests, validator)))
         log.info("job %s stored with %d requests", job.id, count)
-        return await self.store.get_job(job.id)
+        return await self._job(job.id)
 
     # --- reading -------------------------------------------------------------------------------------------
 
     async def status(self, job_id: str) -> Job:
-        return await self.store.get_job(job_id)
+        return await self._job(job_id)
 
     async def list_jobs(self) -> list[Job]:
-        return await self.store.list_jobs()
+        return [self._attach(job) for job in await self.store.list_jobs()]
+
+    async def cost(self, job_id: str) -> CostReport:
+        """What the job's results cost at batch prices, and what the same requests would have cost live."""
+        from .cost import job_cost
+
+        return await job_cost(self, job_id)
+
+    async def _job(self, job_id: str) -> Job:
+        return self._attach(await self.store.get_job(job_id))
+
+    def _attach(self, job: Job) -> Job:
+        job.__dict__["_manager"] = self  # lets ``await job.cost()`` reach the store; never serialised
+        return job
 
     async def shards(self, job_id: str) -> list[Shard]:
         await self.store.get_job(job_id)
@@ -252,14 +268,14 @@ class BatchManager:
                     log.warning("cancel of batch %s failed: %s", shard.batch_id, exc)
         if not await self.store.job_has_live_work(job_id):
             await self.store.set_job_status(job_id, JobStatus.CANCELLED)
-        return await self.store.get_job(job_id)
+        return await self._job(job_id)
 
     # --- running -------------------------------------------------------------------------------------------
 
     async def wait(self, job_id: str) -> Job:
         """Drive one job to its end and return it."""
         await self.run([job_id])
-        return await self.store.get_job(job_id)
+        return await self._job(job_id)
 
     async def resume(self) -> list[Job]:
         """Continue every unfinished job in the store (whatever an earlier process left) to its end."""
@@ -287,7 +303,7 @@ class BatchManager:
                     self._wake = anyio.Event()
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
-        return [await self.store.get_job(job_id) for job_id in job_ids]
+        return [await self._job(job_id) for job_id in job_ids]
 
     async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> bool:
         """Plan, claim and finish what can be for one job; True once the job has ended."""

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+from .errors import AsyncBatchError
+
+if TYPE_CHECKING:
+    from .cost import CostReport
 
 
 class JobStatus(enum.StrEnum):
@@ -200,8 +205,12 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
 # --- jobs and shards -------------------------------------------------------------------------------------
 
 
-class Job(msgspec.Struct, kw_only=True):
-    """One logical submission. ``counts`` is filled by the store when the job is read."""
+class Job(msgspec.Struct, kw_only=True, dict=True):
+    """One logical submission. ``counts`` is filled by the store when the job is read.
+
+    A job returned by a ``BatchManager`` knows its manager (outside the struct's fields, so it is never
+    encoded), which is what lets ``await job.cost()`` work.
+    """
 
     id: str
     provider: str
@@ -216,6 +225,14 @@ class Job(msgspec.Struct, kw_only=True):
     updated_at: float
     cancel_requested: bool = False
     counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
+
+    async def cost(self) -> CostReport:
+        """The cost report of this job (see ``BatchManager.cost``)."""
+        manager = self.__dict__.get("_manager")
+        if manager is None:
+            raise AsyncBatchError("this Job was not read through a BatchManager; use `await manager.cost(job_id)`")
+        report: CostReport = await manager.cost(self.id)
+        return report
 
 
 class ShardInfo(msgspec.Struct, kw_only=True):

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
-from asyncbatch import BatchManager, JobStatus, RequestState
+from asyncbatch import AsyncBatchError, BatchManager, Job, JobStatus, RequestState
 from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
 from asyncbatch.export import write_results
 from asyncbatch.http import RetryPolicy
@@ -217,3 +218,19 @@ async def test_max_attempts_is_bounded(tmp_path: Path, max_attempts: int) -> Non
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(tmp_path / "j.db", emu) as bm:
         with pytest.raises(ValidationError):
             await bm.submit([chat_line("a")], max_attempts=max_attempts)
+
+
+async def test_job_cost_is_priced_from_the_store(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}", "price me " * 30, model="gpt-4o-mini") for i in range(5)]
+    lines.append(chat_line("x", model="no-such-model-anywhere"))
+    db = tmp_path / "jobs.db"
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
+        job = await bm.submit(lines)
+        job = await bm.wait(job.id)
+        report = await job.cost()
+        assert report == await bm.cost(job.id)
+    detached = msgspec.convert(msgspec.to_builtins(job), Job)
+    with pytest.raises(AsyncBatchError, match="not read through a BatchManager"):
+        await detached.cost()
+    assert report.unpriced_requests == 1
+    assert 0 < report.batch_cost < report.live_cost
