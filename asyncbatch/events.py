@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -65,8 +64,9 @@ class ResultsIngested(Event):
 
 
 class RequestsResubmitted(Event):
-    """Requests that failed in a retryable way were put into new shards (attempt > 1)."""
+    """Requests that failed in a retryable way were put into a new shard (attempt > 1)."""
 
+    shard_id: int
     count: int
     attempt: int
 
@@ -122,16 +122,14 @@ class JobTracker:
     """What a watcher has yielded for one job; turns store snapshots into the events not yet yielded.
 
     ``absorb`` takes an event from the bus (False: already yielded from the store), ``diff`` compares a
-    fresh snapshot with what is known and returns the missing events. Resubmissions carry no shard id on
-    the bus, so they are matched by (attempt, request count).
+    fresh snapshot with what is known and returns the missing events.
     """
 
     def __init__(self, job: Job, shards: list[Shard]) -> None:
         self.finished = False
         self._counts = job.counts
         self._shards: dict[int, _SeenShard] = {}
-        self._bus_resubmits: Counter[tuple[int, int]] = Counter()
-        self._store_resubmits: Counter[tuple[int, int]] = Counter()
+        self._resubmitted: set[int] = set()  # shards whose RequestsResubmitted was yielded
         for shard in shards:  # the baseline: what happened before the watch started is not news
             self._shards[shard.id] = _SeenShard(
                 batch_id=shard.batch_id, ingested=shard.phase is ShardPhase.INGESTED,
@@ -145,12 +143,9 @@ class JobTracker:
             self.finished = True
             return new
         if isinstance(event, RequestsResubmitted):
-            key = (event.attempt, event.count)
-            if self._store_resubmits[key]:
-                self._store_resubmits[key] -= 1
-                return False
-            self._bus_resubmits[key] += 1
-            return True
+            new = event.shard_id not in self._resubmitted
+            self._resubmitted.add(event.shard_id)
+            return new
         seen = self._shards.setdefault(event.shard_id, _SeenShard())
         if isinstance(event, BatchCreated):
             new = seen.batch_id is None
@@ -175,8 +170,10 @@ class JobTracker:
         later: list[AnyEvent] = []
         for shard in new:
             self._shards[shard.id] = _SeenShard()
-            if shard.attempt > 1 and self._store_resubmit(shard):
-                later.append(RequestsResubmitted(job_id=job.id, count=shard.request_count, attempt=shard.attempt))
+            if shard.attempt > 1 and shard.id not in self._resubmitted:
+                self._resubmitted.add(shard.id)
+                later.append(RequestsResubmitted(job_id=job.id, shard_id=shard.id, count=shard.request_count,
+                                                 attempt=shard.attempt))
             landed += self._moves(job, shard, later)
         ingested = self._ingested(job, landed)
         events += [e for e in ingested if e.shard_id in self._ids(known)] + later
@@ -208,14 +205,6 @@ class JobTracker:
             seen.ingested = True
             return [shard]
         return []
-
-    def _store_resubmit(self, shard: Shard) -> bool:
-        key = (shard.attempt, shard.request_count)
-        if self._bus_resubmits[key]:
-            self._bus_resubmits[key] -= 1
-            return False
-        self._store_resubmits[key] += 1
-        return True
 
     def _ingested(self, job: Job, landed: list[Shard]) -> list[ResultsIngested]:
         """Shards that reached ``ingested`` since the last snapshot, with the count changes shared out."""

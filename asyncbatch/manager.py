@@ -318,8 +318,8 @@ class BatchManager:
         else:
             for planned in await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id):
                 if planned.attempt > 1:
-                    self.events.publish(RequestsResubmitted(job_id=job_id, count=planned.request_count,
-                                                            attempt=planned.attempt))
+                    self.events.publish(RequestsResubmitted(job_id=job_id, shard_id=planned.id,
+                                                            count=planned.request_count, attempt=planned.attempt))
                     failpoint("after_resubmit_plan")
         for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
             if shard_id not in active:
