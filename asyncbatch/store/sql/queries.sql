@@ -138,13 +138,14 @@ SELECT
   (SELECT COUNT(*) FROM shards WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned'));
 
 -- name: final_results
+-- `+r.state`: walk requests_job in rid order (a page costs its own rows), not requests_pending + a sort.
 SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
        s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
        s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
 FROM requests r
 LEFT JOIN results s ON s.rid = r.rid AND s.attempt = r.attempts
 LEFT JOIN shards sh ON sh.id = s.shard_id
-WHERE r.job_id = ? AND r.state IN ('succeeded', 'failed', 'cancelled') AND r.rid > ? AND r.consumed <= ?
+WHERE r.job_id = ? AND +r.state IN ('succeeded', 'failed', 'cancelled') AND r.rid > ? AND r.consumed <= ?
 ORDER BY r.rid LIMIT ?;
 
 -- name: all_attempt_results

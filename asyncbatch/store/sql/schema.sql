@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS requests (
     UNIQUE (job_id, custom_id)
 );
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (job_id, state, url, model);
+-- A job's requests in rid (input) order: results are paged by rid without sorting the job each page.
+CREATE INDEX IF NOT EXISTS requests_job ON requests (job_id);
 
 -- One row per attempt at one provider batch.
 CREATE TABLE IF NOT EXISTS shards (
