@@ -28,6 +28,7 @@ NATIVE_MESSAGES_URL = "/v1/messages"  # a native Anthropic `{custom_id, params}`
 _LINE_OVERHEAD = 64  # JSON keys and punctuation around custom_id, url and body in a spooled line
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AT_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_TOO_DEEP = "JSON nested too deeply"
 
 RequestSource = str | os.PathLike[str] | Iterable[Request | Mapping[str, Any]] | AsyncIterable[
     Request | Mapping[str, Any]
@@ -64,23 +65,31 @@ class Validator:
             if not raw.lstrip().startswith(b"{"):
                 raise JSONLError("each line must be one JSON object", line=number) from None
             raise JSONLError(f"malformed JSON: {exc}", line=number) from None
+        except UnicodeDecodeError:  # msgspec checks UTF-8 where it builds a str
+            raise JSONLError(_not_utf8(raw), line=number) from None
+        except RecursionError:
+            raise JSONLError(_TOO_DEEP, line=number) from None
         return self._validate(number, parsed)
 
     def from_request(self, number: int, item: Request | Mapping[str, Any]) -> NewRequest:
-        if isinstance(item, Request):
-            parsed = _InputLine(
-                custom_id=item.custom_id, method=item.method, url=item.url,
-                body=msgspec.Raw(msgspec.json.encode(item.body)),
-            )
-        elif isinstance(item, Mapping):
-            try:
-                parsed = msgspec.json.decode(msgspec.json.encode(item), type=_InputLine)
-            except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
-                raise ValidationError(f"invalid request: {exc}", line=number, field=_field_of(str(exc))) from None
-        else:
+        if not isinstance(item, Request | Mapping):
             raise ValidationError(
                 f"expected a Request or a mapping, got {type(item).__name__}", line=number
             )
+        try:
+            if isinstance(item, Request):
+                parsed = _InputLine(
+                    custom_id=item.custom_id, method=item.method, url=item.url,
+                    body=msgspec.Raw(msgspec.json.encode(item.body)),
+                )
+            else:
+                parsed = msgspec.json.decode(msgspec.json.encode(item), type=_InputLine)
+        except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as exc:
+            raise ValidationError(f"invalid request: {exc}", line=number, field=_field_of(str(exc))) from None
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 (hence no JSON) can carry it
+            raise ValidationError(f"invalid request: a string holds {exc.reason}", line=number) from None
+        except RecursionError:
+            raise ValidationError(_TOO_DEEP, line=number) from None
         return self._validate(number, parsed)
 
     def _validate(self, number: int, line: _InputLine) -> NewRequest:
@@ -123,6 +132,10 @@ class Validator:
             body = msgspec.json.decode(body_bytes)
         except msgspec.DecodeError as exc:
             raise fail(f"body is not valid JSON: {exc}", "body") from None
+        except UnicodeDecodeError:
+            raise JSONLError(_not_utf8(body_bytes), line=number, custom_id=custom_id, field="body") from None
+        except RecursionError:
+            raise fail(_TOO_DEEP, "body") from None
         if not isinstance(body, dict):
             raise fail(f"body must be a JSON object, got {type(body).__name__}", "body")
         assert url is not None
@@ -132,6 +145,9 @@ class Validator:
         except ValidationError as exc:
             raise type(exc)(exc.reason, line=number, custom_id=custom_id, field=exc.field) from None
         size = len(body_bytes) + len(custom_id.encode()) + len(url) + _LINE_OVERHEAD
+        if size > self.provider.limits.max_bytes:
+            raise fail(f"the request takes {size} bytes; one {self.provider.name} batch holds at most "
+                       f"{self.provider.limits.max_bytes}", "body")
         return NewRequest(
             custom_id=custom_id, url=url, model=self.provider.model_of(request), body=body_bytes, size=size,
             line=number,
@@ -160,7 +176,7 @@ async def validated_chunks(
         path = Path(source)
         if not await anyio.Path(path).is_file():
             raise JSONLError(f"no such file: {os.fspath(path)!r}")
-        async for lines in read_chunks(path, chunk_lines=chunk):
+        async for lines in read_chunks(path, chunk_lines=chunk, max_line_bytes=validator.provider.limits.max_bytes):
             yield [validator.from_line(number, raw) for number, raw in lines]
         return
     batch: list[NewRequest] = []
@@ -181,6 +197,15 @@ async def validated_chunks(
                 batch = []
     if batch:
         yield batch
+
+
+def _not_utf8(raw: bytes) -> str:
+    """Where a text stops being UTF-8 (the line or body as given, so that the user can find the byte)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8: byte {exc.start + 1} is {raw[exc.start:exc.start + 1]!r} ({exc.reason})"
+    return "not valid UTF-8"
 
 
 def _field_of(message: str) -> str | None:
