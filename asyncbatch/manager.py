@@ -53,7 +53,7 @@ from .planner import RequestSource, Validator, check_metadata, validated_chunks
 from .providers import create_provider
 from .providers.base import BatchError, Provider, RemoteBatch, ResultLine, ShardLimits
 from .retry import RetryStrategy
-from .store import LeaseLostError, NewRequest, ResultRow, SQLiteStore, Store, StoredResult, new_owner
+from .store import BatchClaimedError, LeaseLostError, NewRequest, ResultRow, SQLiteStore, Store, StoredResult, new_owner
 
 if TYPE_CHECKING:
     from .cost import CostReport
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asyncbatch")
 
 _TRANSIENT_BACKOFF_MAX = 60.0
+RECONCILE_HORIZON = 7 * 86400.0  # batch ids recorded this long before a shard's create are excluded from find()
 
 
 class BatchManager:
@@ -102,6 +103,7 @@ class BatchManager:
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
         self.owner = new_owner()
         self.events = EventBus()
+        self.reconcile_lock = anyio.Lock()
         self._wake = anyio.Event()
 
     def __repr__(self) -> str:
@@ -440,29 +442,55 @@ class _ShardRunner:
         attempt = 0
         while True:
             try:
-                remote = await provider.find(info) if self._reconcile else None
-                if remote is not None:
-                    log.info("shard %s: adopted batch %s created before a crash", shard.id, remote.id)
-                elif (await self.store.get_job(self.job_id, with_counts=False)).cancel_requested:
+                if self._reconcile and await self._adopt(provider, info, shard):
+                    break
+                if (await self.store.get_job(self.job_id, with_counts=False)).cancel_requested:
                     await self.store.shard_abandoned(shard.id, [], self.m.retry.settle_unreported(
                         RemoteBatch(id="", status=BatchStatus.CANCELLED, raw_status="cancelled"),
                         max_attempts=job.max_attempts, cancel_requested=True))
-                    spool.unlink(missing_ok=True)
-                    return
-                else:
-                    failpoint("before_create")
-                    remote = await provider.create(info, shard.file_id)
-                    failpoint("after_create")
+                    break
+                failpoint("before_create")
+                remote = await provider.create(info, shard.file_id)
+                failpoint("after_create")
+                await self._submitted(shard, remote, adopted=False)
                 break
             except ProviderError as exc:
                 self._reconcile = True  # an ambiguous failure may have created the batch
                 await self._transient(exc, attempt)
                 attempt += 1
-        await self.store.shard_submitted(shard.id, self.owner, remote)
+            except BatchClaimedError as exc:  # another process adopted that batch first: look again
+                log.info("%s", exc)
+                self._reconcile = True
         spool.unlink(missing_ok=True)
+
+    async def _adopt(self, provider: Provider, info: ShardInfo, shard: Shard) -> bool:
+        """Look for a batch created for this shard before a crash; record it if found (invariant 3).
+
+        One reconciliation at a time in a process, and batches recorded for other shards are excluded, so
+        two shards cannot adopt one batch. A match the provider could not verify by token (Anthropic's
+        count-and-time match of a running batch) is left to a rival shard in ``creating`` whose entry into
+        that phase lies closer to the batch's creation: the create call follows that commit at once.
+        """
+        async with self.m.reconcile_lock:
+            exclude = await self.store.recorded_batch_ids(since=info.created_at - RECONCILE_HORIZON)
+            remote = await provider.find(info, exclude)
+            if remote is None:
+                return False
+            if remote.token != shard.token:
+                distance = abs(info.created_at - remote.created_at)
+                rivals = await self.store.creating_since(shard.id, shard.request_count)
+                if any(abs(at - remote.created_at) < distance for at in rivals):
+                    log.info("shard %s: batch %s is more likely another shard's; not adopting", shard.id, remote.id)
+                    return False
+            log.info("shard %s: adopted batch %s created before a crash", shard.id, remote.id)
+            await self._submitted(shard, remote, adopted=True)
+            return True
+
+    async def _submitted(self, shard: Shard, remote: RemoteBatch, *, adopted: bool) -> None:
+        await self.store.shard_submitted(shard.id, self.owner, remote)
         self.m.events.publish(BatchCreated(job_id=self.job_id, shard_id=shard.id, batch_id=remote.id,
                                            request_count=shard.request_count, attempt=shard.attempt,
-                                           adopted=self._reconcile))
+                                           adopted=adopted))
 
     async def _poll(self, provider: Provider, shard: Shard) -> None:
         assert shard.batch_id is not None

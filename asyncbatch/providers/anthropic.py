@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -281,7 +281,7 @@ class AnthropicProvider:
         )
         return self._normalise(_decode(response, _MessageBatch))
 
-    async def find(self, shard: ShardInfo) -> RemoteBatch | None:
+    async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
         """The batch created for this shard by a create whose reply was lost, if any.
 
         Anthropic has no metadata, so candidates are the batches created from ``shard.created_at -
@@ -296,14 +296,14 @@ class AnthropicProvider:
         ``visibility_grace``), and "absent" leads to a second create: so when nothing is found within
         ``visibility_grace`` of ``shard.created_at``, we wait until then and look once more.
         """
-        found = await self._search(shard)
+        found = await self._search(shard, exclude)
         wait = min(shard.created_at + self.visibility_grace - time.time(), self.visibility_grace)
         if found is None and wait > 0:
             await anyio.sleep(wait)
-            found = await self._search(shard)
+            found = await self._search(shard, exclude)
         return found
 
-    async def _search(self, shard: ShardInfo) -> RemoteBatch | None:
+    async def _search(self, shard: ShardInfo, exclude: Collection[str]) -> RemoteBatch | None:
         http = self._client()
         horizon = shard.created_at - FIND_MARGIN
         params = {"limit": FIND_PAGE}
@@ -312,12 +312,12 @@ class AnthropicProvider:
             page = _decode(await http.request("GET", BATCHES, params=params), _BatchPage)
             in_window = [b for b in page.data if _timestamp(b.created_at) >= horizon]
             for batch in in_window:
-                if batch.total != shard.request_count:
+                if batch.total != shard.request_count or batch.id in exclude:
                     continue
                 if batch.processing_status != "ended":
                     unverified.append(batch)
                 elif (await self._first_wire_id(batch) or "").startswith(_shard_prefix(shard.token)):
-                    return self._normalise(batch)
+                    return msgspec.structs.replace(self._normalise(batch), token=shard.token)  # verified
             if not page.has_more or not page.data or len(in_window) < len(page.data):
                 break
             params = {"limit": FIND_PAGE, "after_id": page.last_id or page.data[-1].id}

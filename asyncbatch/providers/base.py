@@ -7,7 +7,7 @@ Anthropic (or a test double) is swapping this object.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -93,8 +93,13 @@ class Provider(Protocol):
     async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
         """Create the provider batch. The shard's token must travel with it (metadata or ids)."""
 
-    async def find(self, shard: ShardInfo) -> RemoteBatch | None:
-        """After a crash in ``creating``: the batch created for this shard's token, if any."""
+    async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
+        """After a crash in ``creating``: the batch created for this shard's token, if any.
+
+        ``exclude`` holds batch ids already recorded for other shards: never return one of them. Set
+        ``token`` on the result when the match was verified (metadata or ids carry the token); a result
+        without it was matched on weaker evidence, and the engine weighs it against other shards.
+        """
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:
         """Current state of one batch."""

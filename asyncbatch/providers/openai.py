@@ -427,7 +427,7 @@ class OpenAIProvider:
                 envelope = msgspec.json.decode(response.body, type=_CreateEnvelope)
                 return self._normalise(envelope.job or msgspec.json.decode(response.body, type=_Batch))
 
-    async def find(self, shard: ShardInfo) -> RemoteBatch | None:
+    async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
         """The batch whose metadata carries the shard's token, searching newest first.
 
         Paging stops at the first page reaching back past ``shard.created_at - FIND_MARGIN``: a batch for
@@ -442,7 +442,7 @@ class OpenAIProvider:
             page = msgspec.json.decode(response.body, type=_BatchPage | list[_Batch])
             items, cursor = (page, None) if isinstance(page, list) else (page.data, _next_page(page))
             for item in items:
-                if item.metadata and item.metadata.get(TOKEN_KEY) == shard.token:
+                if item.metadata and item.metadata.get(TOKEN_KEY) == shard.token and item.id not in exclude:
                     return self._normalise(item)
             if cursor is None or not items or _epoch(items[-1].created_at) < horizon:
                 return None

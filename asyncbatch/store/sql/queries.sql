@@ -86,6 +86,12 @@ UPDATE shards SET phase = 'creating', creating_at = ? WHERE id = ? AND lease_own
 UPDATE shards SET phase = 'submitted', batch_id = ?, batch_status = ?, provider_counts = ?, errors = ?
 WHERE id = ? AND lease_owner = ? AND phase = 'creating';
 
+-- name: recorded_batch_ids
+SELECT batch_id FROM shards WHERE batch_id IS NOT NULL AND created_at >= ?;
+
+-- name: creating_rivals
+SELECT creating_at FROM shards WHERE phase = 'creating' AND request_count = ? AND id != ?;
+
 -- name: shard_polled
 UPDATE shards SET batch_status = ?, provider_counts = ?, errors = ?, output_file_id = ?, error_file_id = ?
 WHERE id = ? AND lease_owner = ? AND phase = 'submitted';

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS shards (
     lease_expires   REAL
 );
 CREATE INDEX IF NOT EXISTS shards_live ON shards (job_id, phase);
+-- One provider batch belongs to one shard: a second adoption of the same batch fails instead.
+CREATE UNIQUE INDEX IF NOT EXISTS shards_batch_id ON shards (batch_id) WHERE batch_id IS NOT NULL;
 
 -- Membership of a shard, committed before its file is built (invariant 2). wire_id is the custom_id
 -- as the provider sees it.
