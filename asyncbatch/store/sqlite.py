@@ -32,6 +32,7 @@ from ..model import (
 )
 from ..providers.base import BatchError, RemoteBatch, ShardLimits
 from .base import (
+    BatchClaimedError,
     LeaseLostError,
     NewRequest,
     PlannedShard,
@@ -395,11 +396,23 @@ class SQLiteStore:
         return now
 
     async def shard_submitted(self, shard_id: int, owner: str, batch: RemoteBatch) -> None:
-        await self._shard_update(
-            "shard_submitted",
-            (batch.id, batch.status.value, _json(batch.counts), _json(batch.errors), shard_id, owner),
-            shard_id,
-        )
+        try:
+            await self._shard_update(
+                "shard_submitted",
+                (batch.id, batch.status.value, _json(batch.counts), _json(batch.errors), shard_id, owner),
+                shard_id,
+            )
+        except sqlite3.IntegrityError as exc:  # the unique index on batch_id
+            raise BatchClaimedError(f"batch {batch.id} is already recorded for another shard") from exc
+
+    async def recorded_batch_ids(self, *, since: float) -> set[str]:
+        """Provider batch ids of shards planned since ``since``: reconciliation must not adopt them."""
+        return {str(row[0]) for row in await self._read(_Q["recorded_batch_ids"], (since,))}
+
+    async def creating_since(self, shard_id: int, request_count: int) -> list[float]:
+        """When the other shards of this size now in ``creating`` entered that phase."""
+        rows = await self._read(_Q["creating_rivals"], (request_count, shard_id))
+        return [float(row[0]) for row in rows if row[0] is not None]
 
     async def shard_polled(self, shard_id: int, owner: str, batch: RemoteBatch) -> None:
         """Record what a poll saw; a terminal status moves the shard to ``ended`` in the same transaction."""
