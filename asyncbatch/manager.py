@@ -466,25 +466,27 @@ class _ShardRunner:
     async def _adopt(self, provider: Provider, info: ShardInfo, shard: Shard) -> bool:
         """Look for a batch created for this shard before a crash; record it if found (invariant 3).
 
-        One reconciliation at a time in a process, and batches recorded for other shards are excluded, so
-        two shards cannot adopt one batch. A match the provider could not verify by token (Anthropic's
-        count-and-time match of a running batch) is left to a rival shard in ``creating`` whose entry into
-        that phase lies closer to the batch's creation: the create call follows that commit at once.
+        Batches recorded for other shards are excluded (and a unique index stops two processes recording one
+        batch twice). Only a match verified by the shard's token is adopted. A candidate the provider cannot
+        verify yet (Anthropic: a running batch of the right size and age, whose ids show only in its
+        results) is neither adopted nor ignored: we wait until it ends and its ids tell whose it is, since
+        guessing wrong either way pays for the same requests twice.
         """
-        async with self.m.reconcile_lock:
-            exclude = await self.store.recorded_batch_ids(since=info.created_at - RECONCILE_HORIZON)
-            remote = await provider.find(info, exclude)
-            if remote is None:
-                return False
-            if remote.token != shard.token:
-                distance = abs(info.created_at - remote.created_at)
-                rivals = await self.store.creating_since(shard.id, shard.request_count)
-                if any(abs(at - remote.created_at) < distance for at in rivals):
-                    log.info("shard %s: batch %s is more likely another shard's; not adopting", shard.id, remote.id)
+        interval = self.m.poll_interval
+        while True:
+            async with self.m.reconcile_lock:
+                exclude = await self.store.recorded_batch_ids(since=info.created_at - RECONCILE_HORIZON)
+                remote = await provider.find(info, exclude)
+                if remote is None:
                     return False
-            log.info("shard %s: adopted batch %s created before a crash", shard.id, remote.id)
-            await self._submitted(shard, remote, adopted=True)
-            return True
+                if remote.token == shard.token:
+                    log.info("shard %s: adopted batch %s created before a crash", shard.id, remote.id)
+                    await self._submitted(shard, remote, adopted=True)
+                    return True
+            log.info("shard %s: batch %s may be this shard's; waiting for it to end to check", shard.id, remote.id)
+            await anyio.sleep(interval * (0.8 + 0.4 * random.random()))
+            interval = min(interval * 1.5, self.m.max_poll_interval)
+            await self._renew()
 
     async def _submitted(self, shard: Shard, remote: RemoteBatch, *, adopted: bool) -> None:
         await self.store.shard_submitted(shard.id, self.owner, remote)

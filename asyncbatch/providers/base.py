@@ -97,8 +97,10 @@ class Provider(Protocol):
         """After a crash in ``creating``: the batch created for this shard's token, if any.
 
         ``exclude`` holds batch ids already recorded for other shards: never return one of them. Set
-        ``token`` on the result when the match was verified (metadata or ids carry the token); a result
-        without it was matched on weaker evidence, and the engine weighs it against other shards.
+        ``token`` on the result when the match is verified (metadata or ids carry the token). Return an
+        unverified candidate (no ``token``) when a batch that may be this shard's cannot be checked yet:
+        the engine then waits and asks again rather than create a second batch or adopt a stranger's.
+        None means no batch can be this shard's.
         """
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:

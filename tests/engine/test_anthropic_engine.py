@@ -132,3 +132,26 @@ async def test_sigkill_at_every_failpoint_on_anthropic(tmp_path: Path) -> None:
         assert code == 0 and f"{job.id} done" in out, err
         verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
         assert len(emu.ledger.batches_created("anthropic")) > 5
+
+
+@pytest.mark.slow
+async def test_running_batches_of_equal_size_are_verified_before_adoption(tmp_path: Path) -> None:
+    """Three equal shards are created at once and the process dies before recording them: on resume the
+    batches are still running, so nothing tells them apart; the engine waits until they end and their ids
+    say whose each is, instead of guessing (a wrong guess pays twice)."""
+    from tests.engine.test_crash import cli_env
+
+    lines = [claude_line(f"q{i}", f"item {i}") for i in range(30)]
+    db = tmp_path / "jobs.db"
+    env = {"ANTHROPIC_API_KEY": API_KEY}
+    async with run_emulator(EmulatorConfig(complete_after=2.0), data_dir=tmp_path / "emu") as emu:
+        async with manager(db, emu) as bm:
+            job = await bm.submit(lines)
+        run = ("--poll-interval", "0.05", "--max-poll-interval", "0.2", "--max-requests-per-batch", "10")
+        code, _, _ = await cli("run", "--db", str(db), *run, env=cli_env(ASYNCBATCH_FAILPOINTS="after_create", **env))
+        assert code == -signal.SIGKILL
+        code, out, err = await cli("-v", "run", "--db", str(db), *run, env=cli_env(**env))
+        assert code == 0 and f"{job.id} done" in out, err
+        assert "waiting for it to end to check" in err
+        verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
+        assert len(emu.ledger.batches_created("anthropic")) == 3
