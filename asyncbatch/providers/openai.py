@@ -145,9 +145,10 @@ class _BodyUsage(msgspec.Struct):
 
     def normalise(self) -> Usage:
         details = self.prompt_tokens_details or self.input_tokens_details
+        prompt, completion = self.prompt_tokens, self.completion_tokens  # once per result line: no generators
         return Usage(
-            input_tokens=_first(self.prompt_tokens, self.input_tokens),
-            output_tokens=_first(self.completion_tokens, self.output_tokens),
+            input_tokens=prompt if prompt is not None else self.input_tokens or 0,
+            output_tokens=completion if completion is not None else self.output_tokens or 0,
             cached_input_tokens=(details.cached_tokens or 0) if details else 0,
         )
 
@@ -189,10 +190,6 @@ class _OutputLine(msgspec.Struct):
 _output_line = msgspec.json.Decoder(_OutputLine)
 _body_summary = msgspec.json.Decoder(_BodySummary)
 _LINE_OUTCOMES = {"batch_expired": Outcome.EXPIRED, "batch_cancelled": Outcome.CANCELLED}
-
-
-def _first(*values: int | None) -> int:
-    return next((v for v in values if v is not None), 0)
 
 
 def _epoch(value: float | str | None) -> float:
