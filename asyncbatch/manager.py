@@ -84,7 +84,7 @@ class BatchManager:
         lease_seconds: float = 60.0,
         spool_dir: str | os.PathLike[str] | None = None,
         retry: RetryStrategy | None = None,
-        ingest_chunk: int = 2000,
+        ingest_chunk: int = 10_000,
     ) -> None:
         self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
         self._provider = provider
