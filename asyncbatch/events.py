@@ -8,7 +8,6 @@ the tracker remembers what it has yielded, so an event seen on the bus and in th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -127,7 +126,6 @@ class JobTracker:
 
     def __init__(self, job: Job, shards: list[Shard]) -> None:
         self.finished = False
-        self._counts = job.counts
         self._shards: dict[int, _SeenShard] = {}
         self._resubmitted: set[int] = set()  # shards whose RequestsResubmitted was yielded
         for shard in shards:  # the baseline: what happened before the watch started is not news
@@ -158,7 +156,9 @@ class JobTracker:
             seen.ingested = True
         return new
 
-    def diff(self, job: Job, shards: list[Shard]) -> list[AnyEvent]:
+    def diff(
+        self, job: Job, shards: list[Shard], tallies: dict[int, tuple[int, int, int]] | None = None
+    ) -> list[AnyEvent]:
         """The events that explain how the store moved since the last snapshot, in causal order: what
         happened to known shards and their ingestion first, then the shards planned since (resubmissions)."""
         known = [s for s in shards if s.id in self._shards]
@@ -175,10 +175,9 @@ class JobTracker:
                 later.append(RequestsResubmitted(job_id=job.id, shard_id=shard.id, count=shard.request_count,
                                                  attempt=shard.attempt))
             landed += self._moves(job, shard, later)
-        ingested = self._ingested(job, landed)
+        ingested = self._ingested(job, landed, tallies or {})
         events += [e for e in ingested if e.shard_id in self._ids(known)] + later
         events += [e for e in ingested if e.shard_id not in self._ids(known)]
-        self._counts = job.counts
         if job.status.is_terminal and not self.finished:
             self.finished = True
             events.append(JobFinished(job_id=job.id, status=job.status, counts=job.counts))
@@ -206,21 +205,20 @@ class JobTracker:
             return [shard]
         return []
 
-    def _ingested(self, job: Job, landed: list[Shard]) -> list[ResultsIngested]:
-        """Shards that reached ``ingested`` since the last snapshot, with the count changes shared out."""
-        before, now = self._counts, job.counts
-        succeeded = max(0, now.completed - before.completed)
-        failed = max(0, now.failed + now.cancelled - before.failed - before.cancelled)
-        total = sum(shard.request_count for shard in landed)
+    def newly_ingested(self, shards: list[Shard]) -> list[int]:
+        """Shards the store shows ingested that no event has reported yet (their tallies are needed)."""
+        seen = self._shards
+        return [s.id for s in shards if s.phase is ShardPhase.INGESTED and not (s.id in seen and seen[s.id].ingested)]
+
+    @staticmethod
+    def _ingested(job: Job, landed: list[Shard], tallies: dict[int, tuple[int, int, int]]) -> list[ResultsIngested]:
+        """Shards that reached ``ingested`` since the last snapshot, with their members' tallies."""
         events: list[ResultsIngested] = []
         for shard in landed:
-            share = shard.request_count / total
-            ok = min(math.ceil(succeeded * share), shard.request_count)
-            bad = min(math.ceil(failed * share), shard.request_count - ok)
-            succeeded, failed, total = succeeded - ok, failed - bad, total - shard.request_count
+            succeeded, failed, again = tallies.get(shard.id, (0, 0, shard.request_count))
             assert shard.batch_id is not None
-            events.append(ResultsIngested(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id, succeeded=ok,
-                                          failed=bad, resubmitted=shard.request_count - ok - bad))
+            events.append(ResultsIngested(job_id=job.id, shard_id=shard.id, batch_id=shard.batch_id,
+                                          succeeded=succeeded, failed=failed, resubmitted=again))
         return events
 
 
@@ -247,5 +245,7 @@ async def watch_job(store: Store, bus: EventBus, job_id: str, *, poll_interval: 
                 continue
             next_poll = time.monotonic() + poll_interval
             job = await store.get_job(job_id)
-            for synthesised in tracker.diff(job, await store.job_shards(job_id)):
+            shards = await store.job_shards(job_id)
+            tallies = {shard_id: await store.shard_tally(shard_id) for shard_id in tracker.newly_ingested(shards)}
+            for synthesised in tracker.diff(job, shards, tallies):
                 yield synthesised

@@ -14,7 +14,6 @@ import os
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -551,7 +550,6 @@ class _ShardRunner:
         attempt = 0
         while True:
             seen: set[str] = set()
-            states: list[RequestState] = []
             rows: list[ResultRow] = []
             orphans: list[tuple[str, bytes]] = []
             try:
@@ -566,7 +564,6 @@ class _ShardRunner:
                     state = retry.state_after(verdict, attempt=request_attempt, max_attempts=job.max_attempts,
                                               cancel_requested=job.cancel_requested)
                     rows.append(_result_row(rid, request_attempt, state, line))
-                    states.append(state)
                     if len(rows) >= self.m.ingest_chunk:
                         await self.store.ingest(shard.id, self.owner, rows, orphans)
                         failpoint("mid_ingest")
@@ -582,13 +579,9 @@ class _ShardRunner:
         await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
         if orphans:
             log.warning("shard %s: %d result lines for unknown custom_ids kept aside", shard.id, len(orphans))
-        tally = Counter(state for state in states)
-        unreported = len(members) - len(seen)
-        tally[finish.state] += unreported
-        self.m.events.publish(ResultsIngested(
-            job_id=self.job_id, shard_id=shard.id, batch_id=remote.id, succeeded=tally[RequestState.SUCCEEDED],
-            failed=tally[RequestState.FAILED] + tally[RequestState.CANCELLED], resubmitted=tally[RequestState.PENDING],
-        ))
+        succeeded, failed, again = await self.store.shard_tally(shard.id)
+        self.m.events.publish(ResultsIngested(job_id=self.job_id, shard_id=shard.id, batch_id=remote.id,
+                                              succeeded=succeeded, failed=failed, resubmitted=again))
 
 
 def _provider_key(name: str, base_url: str | None, options: Mapping[str, Any]) -> bytes:

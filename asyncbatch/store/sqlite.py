@@ -417,11 +417,6 @@ class SQLiteStore:
         """Provider batch ids of shards planned since ``since``: reconciliation must not adopt them."""
         return {str(row[0]) for row in await self._read(_Q["recorded_batch_ids"], (since,))}
 
-    async def creating_since(self, shard_id: int, request_count: int) -> list[float]:
-        """When the other shards of this size now in ``creating`` entered that phase."""
-        rows = await self._read(_Q["creating_rivals"], (request_count, shard_id))
-        return [float(row[0]) for row in rows if row[0] is not None]
-
     async def shard_polled(self, shard_id: int, owner: str, batch: RemoteBatch) -> None:
         """Record what a poll saw; a terminal status moves the shard to ``ended`` in the same transaction."""
         async with self._tx() as db:
@@ -489,6 +484,11 @@ class SQLiteStore:
                 cur = await db.execute(_Q["shard_ingested"], (shard_id, owner))
                 if not cur.rowcount:
                     raise LeaseLostError(f"shard {shard_id}: lease lost while ingesting")
+
+    async def shard_tally(self, shard_id: int) -> tuple[int, int, int]:
+        """What an ingested shard's members came to: (succeeded, failed or cancelled, sent again)."""
+        succeeded, failed, again = (await self._read(_Q["shard_tally"], (shard_id,)))[0]
+        return int(succeeded), int(failed), int(again)
 
     # --- results -------------------------------------------------------------------------------------------
 

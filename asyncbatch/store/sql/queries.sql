@@ -89,9 +89,6 @@ WHERE id = ? AND lease_owner = ? AND phase = 'creating';
 -- name: recorded_batch_ids
 SELECT batch_id FROM shards WHERE batch_id IS NOT NULL AND created_at >= ?;
 
--- name: creating_rivals
-SELECT creating_at FROM shards WHERE phase = 'creating' AND request_count = ? AND id != ?;
-
 -- name: shard_polled
 UPDATE shards SET batch_status = ?, provider_counts = ?, errors = ?, output_file_id = ?, error_file_id = ?
 WHERE id = ? AND lease_owner = ? AND phase = 'submitted';
@@ -125,6 +122,13 @@ ON CONFLICT (rid, attempt) DO UPDATE SET
 -- name: settle_request
 UPDATE requests SET state = ?, error_code = ?, error_message = ?
 WHERE rid = ? AND shard_id = ? AND state = 'in_flight';
+
+-- name: shard_tally
+SELECT
+  COALESCE(SUM(r.attempts = m.attempt AND r.state = 'succeeded'), 0),
+  COALESCE(SUM(r.attempts = m.attempt AND r.state IN ('failed', 'cancelled')), 0),
+  COALESCE(SUM(r.attempts > m.attempt OR r.state IN ('pending', 'in_flight')), 0)
+FROM shard_members m JOIN requests r ON r.rid = m.rid WHERE m.shard_id = ?;
 
 -- name: upsert_orphan
 INSERT OR REPLACE INTO orphan_results (shard_id, wire_id, line) VALUES (?, ?, ?);
