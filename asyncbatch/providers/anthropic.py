@@ -18,17 +18,18 @@ import os
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import aiohttp
 import anyio
 import msgspec
 from msgspec import Meta
 
-from ..errors import AuthenticationError, ConnectionFailedError, ProviderError, ValidationError
-from ..http import CHUNK, HttpClient, Response, RetryPolicy
+from ..errors import ConnectionFailedError, ProviderError, ValidationError
+from ..http import CHUNK, Response, RetryPolicy
 from ..jsonl import read_chunks
 from ..model import BatchStatus, Outcome, Request, ShardInfo
+from ._http import HttpProvider
 from .anthropic_translate import AnthropicUsage, body_error, translate
 from .base import RemoteBatch, ResultLine, ShardLimits
 
@@ -148,7 +149,7 @@ _error_decoder = msgspec.json.Decoder(_ErrorResponse)
 # --- provider --------------------------------------------------------------------------------------------
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """Anthropic Message Batches behind the :class:`~asyncbatch.providers.base.Provider` protocol.
 
     The key comes from ``api_key`` or ``ANTHROPIC_API_KEY`` (sent as ``x-api-key``); a missing key is
@@ -176,21 +177,20 @@ class AnthropicProvider:
         timeout: float = 600.0,
         visibility_grace: float | None = None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or ANTHROPIC_BASE_URL).rstrip("/")
+        super().__init__(
+            base_url=(base_url or os.environ.get(BASE_URL_ENV) or ANTHROPIC_BASE_URL).rstrip("/"),
+            api_key=api_key or os.environ.get(API_KEY_ENV), retry=retry, max_connections=max_connections,
+            timeout=timeout,
+        )
         self.limits = limits or DEFAULT_LIMITS
         self.default_max_tokens = default_max_tokens
         self.anthropic_version = anthropic_version
         self.betas = list(betas)
         if visibility_grace is not None:
             self.visibility_grace = visibility_grace
-        self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self._headers = {"anthropic-version": anthropic_version}
         if betas:
             self._headers["anthropic-beta"] = ",".join(betas)
-        self._retry = retry
-        self._max_connections = max_connections
-        self._timeout = timeout
-        self._http: HttpClient | None = None
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(base_url={self.base_url!r})"
@@ -246,19 +246,11 @@ class AnthropicProvider:
 
     # --- network -----------------------------------------------------------------------------------------
 
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            if not self._api_key:
-                raise AuthenticationError(f"no Anthropic API key: pass api_key= or set {API_KEY_ENV}")
-            self._http = HttpClient(
-                self.base_url,
-                headers={"x-api-key": self._api_key, **self._headers},
-                secrets=[self._api_key],
-                retry=self._retry,
-                max_connections=self._max_connections,
-                timeout=self._timeout,
-            )
-        return self._http
+    def _auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key, **self._headers}
+
+    def _missing_key(self) -> str:
+        return f"no Anthropic API key: pass api_key= or set {API_KEY_ENV}"
 
     async def upload(self, shard: ShardInfo) -> None:
         """Nothing to upload: requests travel inline with the create call."""
@@ -346,16 +338,6 @@ class AnthropicProvider:
                     yield _result_line(number, line)
         finally:
             dest.unlink(missing_ok=True)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -12,16 +12,17 @@ import datetime as dt
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
 import msgspec
 
-from ..errors import AuthenticationError, ProviderError, RateLimitedError, TransientError, ValidationError
-from ..http import HttpClient, RetryPolicy
+from ..errors import ProviderError, RateLimitedError, TransientError, ValidationError
+from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
+from ._http import HttpProvider
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 
 __all__ = [
@@ -203,7 +204,7 @@ def _epoch(value: float | str | None) -> float:
 # --- provider --------------------------------------------------------------------------------------------
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """The OpenAI Batch API (``/files`` + ``/batches``), or any host that speaks it.
 
     OpenAI-compatible hosts are reached by pointing ``base_url`` at them and stating what they allow; pass
@@ -247,23 +248,22 @@ class OpenAIProvider:
         name: str | None = None,
         file_purpose: str = "batch",
     ) -> None:
+        super().__init__(
+            base_url=(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/"),
+            api_key=api_key or os.environ.get(self.api_key_env), retry=retry, max_connections=max_connections,
+            timeout=timeout,
+        )
         self.name = name or type(self).name
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
         self.limits = limits or self.default_limits
         self.completion_windows = frozenset(completion_windows)
         self.endpoints = frozenset(endpoints)
         self.file_purpose = file_purpose
         self.organization = organization
         self.project = project
-        self._api_key = api_key or os.environ.get(self.api_key_env) or None
         self._optional_headers = {
             k: v for k, v in (("OpenAI-Organization", organization), ("OpenAI-Project", project)) if v
         }
         self._query = ""
-        self._retry = retry
-        self._max_connections = max_connections
-        self._timeout = timeout
-        self._http: HttpClient | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={self.base_url!r})"
@@ -345,21 +345,8 @@ class OpenAIProvider:
 
     # --- network -----------------------------------------------------------------------------------------
 
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            if not self._api_key:
-                raise AuthenticationError(
-                    f"no API key for {self.name}: pass api_key= or set {self.api_key_env}"
-                )
-            self._http = HttpClient(
-                self.base_url,
-                headers=self._auth_headers(self._api_key),
-                secrets=[self._api_key],
-                retry=self._retry,
-                max_connections=self._max_connections,
-                timeout=self._timeout,
-            )
-        return self._http
+    def _missing_key(self) -> str:
+        return f"no API key for {self.name}: pass api_key= or set {self.api_key_env}"
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}", **self._optional_headers}
@@ -474,16 +461,6 @@ class OpenAIProvider:
         finally:
             for path in paths:
                 path.unlink(missing_ok=True)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # --- normalisation -----------------------------------------------------------------------------------
 

@@ -1,0 +1,56 @@
+"""What every HTTP provider shares: a lazily built ``HttpClient`` holding the key, and its closing."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from ..errors import AuthenticationError
+from ..http import HttpClient, RetryPolicy
+
+
+class HttpProvider:
+    """Base of the providers that talk HTTP. The key is checked at the first network call, not at
+    construction, so a provider can be built (say, to show a stored job's status) without one; it lives
+    only in the client's headers and redaction list."""
+
+    api_key_env: str = ""
+
+    def __init__(
+        self, *, base_url: str, api_key: str | None, retry: RetryPolicy | None, max_connections: int, timeout: float
+    ) -> None:
+        self.base_url = base_url
+        self._api_key = api_key or None
+        self._retry = retry
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._http: HttpClient | None = None
+
+    def _auth_headers(self, api_key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _missing_key(self) -> str:
+        return f"no API key: pass api_key= or set {self.api_key_env}"
+
+    def _client(self) -> HttpClient:
+        if self._http is None:
+            if not self._api_key:
+                raise AuthenticationError(self._missing_key())
+            self._http = HttpClient(
+                self.base_url,
+                headers=self._auth_headers(self._api_key),
+                secrets=[self._api_key],
+                retry=self._retry,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
