@@ -104,6 +104,9 @@ class BatchManager:
         self.events = EventBus()
         self.reconcile_lock = anyio.Lock()
         self._wake = anyio.Event()
+        # One shard ingests at a time: all share one SQLite connection, so more at once gain nothing, and each
+        # holds a chunk of results and its member map, so memory would grow with the number of shards.
+        self._ingest_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"BatchManager({self.store.path!r})"
@@ -378,13 +381,28 @@ class _ShardRunner:
                 elif phase is ShardPhase.SUBMITTED:
                     await self._poll(provider, shard)
                 elif phase is ShardPhase.ENDED:
-                    await self._ingest(provider, shard)
+                    async with self._ingest_turn():
+                        await self._ingest(provider, shard)
             except BadRequestError as exc:
                 if phase not in (ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING):
                     raise
                 log.warning("shard %s rejected by the provider: %s", shard.id, exc)
                 errors = [BatchError(code=exc.code or "rejected", message=str(exc))]
                 await self.store.shard_abandoned(shard.id, errors, self.m.retry.settle_rejected(errors))
+
+    @contextlib.asynccontextmanager
+    async def _ingest_turn(self) -> AsyncIterator[None]:
+        """Wait for this manager's ingest slot (see ``BatchManager._ingest_lock``), keeping the lease meanwhile."""
+        lock = self.m._ingest_lock
+        while True:
+            with anyio.move_on_after(self.m.lease_seconds / 3):
+                await lock.acquire()
+                break
+            await self._renew()
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def _renew(self) -> None:
         if time.monotonic() - self._lease_renewed > self.m.lease_seconds / 3:
