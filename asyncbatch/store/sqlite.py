@@ -294,28 +294,20 @@ class SQLiteStore:
         """
         planned: list[PlannedShard] = []
         async with self._tx() as db:
-            async with db.execute(_Q["pending_for_planning"], (job.id,)) as cur:
-                rows = await cur.fetchall()
-            current: PlannedShard | None = None
-            members: list[tuple[int, str, int]] = []  # (rid, custom_id, attempts)
-            for rid, custom_id, url, model, size, attempts in rows:
-                if (
-                    current is None
-                    or (current.endpoint, current.model) != (url, model)
-                    or current.request_count + 1 > limits.max_requests
-                    or current.bytes + size > limits.max_bytes
-                ):
-                    if current is not None:
-                        await self._insert_shard(db, job, current, members, wire_id)
-                        planned.append(current)
-                    current = PlannedShard(endpoint=url, model=model, request_count=0, bytes=0)
-                    members = []
-                current.request_count += 1
-                current.bytes += size
-                members.append((rid, custom_id, attempts))
-            if current is not None:
-                await self._insert_shard(db, job, current, members, wire_id)
-                planned.append(current)
+            # One shard per read: the requests planned so far are no longer pending, so the next read starts
+            # where the last shard ended, and memory holds one shard's members whatever the job's size.
+            while rows := list(await db.execute_fetchall(_Q["pending_for_planning"], (job.id, limits.max_requests))):
+                url, model = rows[0][2], rows[0][3]
+                shard = PlannedShard(endpoint=url, model=model, request_count=0, bytes=0)
+                members: list[tuple[int, str, int]] = []  # (rid, custom_id, attempts)
+                for rid, custom_id, row_url, row_model, size, attempts in rows:
+                    if members and ((row_url, row_model) != (url, model) or shard.bytes + size > limits.max_bytes):
+                        break
+                    shard.request_count += 1
+                    shard.bytes += size
+                    members.append((rid, custom_id, attempts))
+                await self._insert_shard(db, job, shard, members, wire_id)
+                planned.append(shard)
         return planned
 
     @staticmethod
@@ -334,11 +326,12 @@ class SQLiteStore:
         )
         assert cur.lastrowid is not None
         shard.id = cur.lastrowid
+        # generators, not lists: a 50,000-request shard's parameters never sit in memory twice over
         await db.executemany(
             _Q["insert_member"],
-            [(shard.id, wire_id(cid, rid, shard.token), rid, attempts + 1) for rid, cid, attempts in members],
+            ((shard.id, wire_id(cid, rid, shard.token), rid, attempts + 1) for rid, cid, attempts in members),
         )
-        await db.executemany(_Q["assign_request"], [(shard.id, rid) for rid, _, _ in members])
+        await db.executemany(_Q["assign_request"], ((shard.id, rid) for rid, _, _ in members))
 
     # --- shards and leases ---------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ WHERE job_id = ? AND state = 'pending';
 
 -- name: pending_for_planning
 SELECT rid, custom_id, url, model, size, attempts FROM requests
-WHERE job_id = ? AND state = 'pending' ORDER BY url, model, rid;
+WHERE job_id = ? AND state = 'pending' ORDER BY url, model, rid LIMIT ?;
 
 -- name: insert_shard
 INSERT INTO shards (job_id, attempt, token, phase, endpoint, model, request_count, bytes, created_at)
