@@ -134,13 +134,14 @@ FROM shard_members m JOIN requests r ON r.rid = m.rid WHERE m.shard_id = ?;
 INSERT OR REPLACE INTO orphan_results (shard_id, wire_id, line) VALUES (?, ?, ?);
 
 -- name: cancel_shard_members
+-- Members are found through shard_members (its primary key), not by a scan of every request in the store.
 UPDATE requests SET state = ?, error_code = ?, error_message = ?
-WHERE shard_id = ? AND state = 'in_flight';
+WHERE rid IN (SELECT rid FROM shard_members WHERE shard_id = ?4) AND shard_id = ?4 AND state = 'in_flight';
 
 -- name: requeue_shard_members
 UPDATE requests SET state = CASE WHEN attempts < ? THEN 'pending' ELSE 'failed' END,
                     error_code = ?, error_message = ?
-WHERE shard_id = ? AND state = 'in_flight';
+WHERE rid IN (SELECT rid FROM shard_members WHERE shard_id = ?4) AND shard_id = ?4 AND state = 'in_flight';
 
 -- name: live_work
 SELECT
