@@ -340,7 +340,7 @@ class SQLiteStore:
         claimed: list[int] = []
         now = time.time()
         async with self._tx() as db:
-            async with db.execute(_Q["claimable_shards"], (job_id,)) as cur:
+            async with db.execute(_Q["claimable_shards"], (job_id, owner, now)) as cur:
                 rows = await cur.fetchall()
             for shard_id, lease_owner, _expires in rows:
                 dead = lease_owner if _dead_owner(lease_owner) else ""

@@ -48,8 +48,11 @@ INSERT INTO shard_members (shard_id, wire_id, rid, attempt) VALUES (?, ?, ?, ?);
 UPDATE requests SET state = 'in_flight', shard_id = ?, attempts = attempts + 1 WHERE rid = ?;
 
 -- name: claimable_shards
+-- Live shards not already leased by this owner: its own tasks renew those, so a run loop step that claims
+-- costs nothing per shard in flight.
 SELECT id, lease_owner, lease_expires FROM shards
-WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned');
+WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned')
+  AND (lease_owner IS NULL OR lease_owner != ? OR lease_expires < ?);
 
 -- name: claim_shard
 UPDATE shards SET lease_owner = :owner, lease_expires = :expires
