@@ -296,6 +296,7 @@ class BatchManager:
         active: dict[int, str] = {}  # shard id -> job id, for the shard tasks of this run
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_leases)
                 while remaining:
                     for job_id in sorted(remaining):
                         if await self._step(job_id, tg, active):
@@ -305,9 +306,21 @@ class BatchManager:
                     with anyio.move_on_after(min(self.lease_seconds / 3, 5.0)):
                         await self._wake.wait()
                     self._wake = anyio.Event()
+                tg.cancel_scope.cancel()  # every job has ended: only the lease keeper is left
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         return [await self._job(job_id) for job_id in job_ids]
+
+    async def _keep_leases(self) -> None:
+        """Renew every lease this manager holds, a third of a lease apart.
+
+        A shard stays ours for as long as we live, also through a wait the runner cannot interrupt (a long
+        Retry-After inside the HTTP layer, a slow upload): were the lease to lapse there, another worker
+        would take the shard over, find no batch yet, create one, and our retry would create a second.
+        """
+        while True:
+            await anyio.sleep(self.lease_seconds / 3)
+            await self.store.renew_leases(self.owner, self.lease_seconds)
 
     async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> bool:
         """Plan, claim and finish what can be for one job; True once the job has ended."""

@@ -358,6 +358,11 @@ class SQLiteStore:
             if not cur.rowcount:
                 raise LeaseLostError(f"lease on shard {shard_id} lost")
 
+    async def renew_leases(self, owner: str, lease_seconds: float) -> None:
+        """Extend every lease ``owner`` holds: one statement, however many shards it drives."""
+        async with self._tx() as db:
+            await db.execute(_Q["renew_leases"], (time.time() + lease_seconds, owner))
+
     async def release(self, shard_id: int, owner: str) -> None:
         async with self._tx() as db:
             await db.execute(_Q["release_lease"], (shard_id, owner))

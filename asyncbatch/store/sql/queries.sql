@@ -62,6 +62,9 @@ WHERE id = :id AND phase NOT IN ('ingested', 'abandoned')
 -- name: renew_lease
 UPDATE shards SET lease_expires = ? WHERE id = ? AND lease_owner = ?;
 
+-- name: renew_leases
+UPDATE shards SET lease_expires = ? WHERE lease_owner = ? AND phase NOT IN ('ingested', 'abandoned');
+
 -- name: release_lease
 UPDATE shards SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?;
 
