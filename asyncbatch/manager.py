@@ -104,6 +104,9 @@ class BatchManager:
         self.events = EventBus()
         self.reconcile_lock = anyio.Lock()
         self._wake = anyio.Event()
+        # Jobs whose cancel this manager has seen (its own cancel(), or the store at each run loop step), so
+        # that pollers need not read the job from the store on every poll.
+        self._cancelled: set[str] = set()
         # One shard ingests at a time: all share one SQLite connection, so more at once gain nothing, and each
         # holds a chunk of results and its member map, so memory would grow with the number of shards.
         self._ingest_lock = anyio.Lock()
@@ -263,6 +266,7 @@ class BatchManager:
         if job.status.is_terminal:
             return job
         remote = await self.store.request_cancel(job_id)
+        self._cancelled.add(job_id)
         provider = self.provider_for(job)
         for shard in remote:
             if shard.batch_id is not None and not (shard.batch_status and shard.batch_status.is_terminal):
@@ -331,6 +335,7 @@ class BatchManager:
             await self.store.set_job_status(job_id, JobStatus.RUNNING)
         provider = self.provider_for(job)
         if job.cancel_requested:
+            self._cancelled.add(job_id)
             await self.store.cancel_pending(job_id)  # retryable failures that came back after the cancel
         else:
             for planned in await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id):
@@ -532,11 +537,11 @@ class _ShardRunner:
         attempt = 0
         last: tuple[str, dict[str, int]] | None = None
         while True:
-            job = await self.store.get_job(self.job_id, with_counts=False)
             try:
                 remote = await provider.retrieve(shard.batch_id)
                 stoppable = remote.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
-                if job.cancel_requested and not cancel_sent and stoppable and not remote.status.is_terminal:
+                cancel = self.job_id in self.m._cancelled
+                if cancel and not cancel_sent and stoppable and not remote.status.is_terminal:
                     remote = await provider.cancel(shard.batch_id)
                     cancel_sent = True
             except NotFoundError:
