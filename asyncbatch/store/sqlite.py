@@ -7,6 +7,8 @@ One connection per store object; an anyio lock keeps transactions of concurrent 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import sqlite3
@@ -97,16 +99,20 @@ class SQLiteStore:
         if self._db is not None:
             return
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from the first byte
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from the first byte
+            except OSError as exc:
+                raise StoreError(self._os_problem(exc)) from exc
             os.close(fd)
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open job store {self.path}: {exc}") from exc
+            raise StoreError(self._problem(exc)) from exc
         self._db = db
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            await self._check_version(db)  # before anything writes: a newer store is left untouched
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
@@ -119,12 +125,12 @@ class SQLiteStore:
             await self._migrate(db)
         except sqlite3.Error as exc:
             await self.close()
-            raise StoreError(f"cannot use job store {self.path}: {exc}") from exc
+            raise StoreError(self._problem(exc)) from exc
         except BaseException:
             await self.close()
             raise
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
+    async def _check_version(self, db: aiosqlite.Connection) -> int:
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
@@ -133,7 +139,10 @@ class SQLiteStore:
                 f"job store {self.path} has schema version {version}, newer than this asyncbatch "
                 f"understands ({SCHEMA_VERSION}); upgrade asyncbatch"
             )
-        if version < SCHEMA_VERSION:
+        return version
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        if await self._check_version(db) < SCHEMA_VERSION:
             await db.execute("BEGIN IMMEDIATE")
             for statement in _statements(schema()):
                 await db.execute(statement)
@@ -159,20 +168,20 @@ class SQLiteStore:
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"job store {self.path} is not writable: {exc}") from exc
+                raise StoreError(self._problem(exc)) from exc
             try:
                 yield db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await db.execute("ROLLBACK")
-                raise
-            try:
                 with anyio.CancelScope(shield=True):
                     await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with anyio.CancelScope(shield=True):
-                    await db.execute("ROLLBACK")
-                raise StoreError(f"job store {self.path}: commit failed: {exc}") from exc
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk, an I/O error): only roll
+                # back what is still open, so that the error the caller sees is the one that happened.
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(self._problem(exc)) from exc
+                raise
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._lock:
@@ -180,7 +189,27 @@ class SQLiteStore:
                 async with self.db.execute(sql, params) as cur:
                     return list(await cur.fetchall())
             except sqlite3.Error as exc:
-                raise StoreError(f"job store {self.path}: {exc}") from exc
+                raise StoreError(self._problem(exc)) from exc
+
+    def _problem(self, exc: sqlite3.Error) -> str:
+        """What went wrong, in words a user can act on, with SQLite's own message kept."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            what = f"is locked by another process (waited {self._busy_timeout:g}s)"
+        elif name.startswith("SQLITE_READONLY"):
+            what = "is read-only"
+        elif name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+            what = "cannot be written (is the disk full?)"
+        elif name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            what = "is damaged or not an asyncbatch job store"
+        else:
+            return f"job store {self.path}: {exc}"
+        return f"job store {self.path} {what}: {exc}"
+
+    def _os_problem(self, exc: OSError) -> str:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and os.path.exists(self.path):
+            return f"job store {self.path} is read-only: {exc.strerror}"
+        return f"cannot create job store {self.path}: {exc.strerror or exc}"
 
     async def integrity_check(self) -> str:
         rows = await self._read("PRAGMA integrity_check")
