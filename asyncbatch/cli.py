@@ -111,12 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("asyncbatch: interrupted; the store is consistent, run again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # one line, no traceback: users see what to fix
-        from .errors import AsyncBatchError
-
-        if not isinstance(exc, AsyncBatchError | OSError | ValueError):
+        error = _reportable(exc)
+        if error is None:
             raise
-        print(f"asyncbatch: error: {exc}", file=sys.stderr)
+        print(f"asyncbatch: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _reportable(exc: BaseException) -> BaseException | None:
+    """The error to show in one line: ours, or the system's (a file, a value), also from inside the
+    exception groups that task groups wrap errors in; None for a bug, which keeps its traceback."""
+    from .errors import AsyncBatchError
+
+    if isinstance(exc, BaseExceptionGroup):
+        return next((e for e in map(_reportable, exc.exceptions) if e is not None), None)
+    return exc if isinstance(exc, AsyncBatchError | OSError | ValueError) else None
 
 
 def _configure_logging(verbose: int) -> None:
