@@ -1,12 +1,15 @@
-"""Named crash points, so crash-safety tests can kill the process at an exact step.
+"""Named fault points, so crash-safety and disk-fault tests can strike the process at an exact step.
 
-``ASYNCBATCH_FAILPOINTS="after_create:2,mid_ingest"`` makes the process SIGKILL itself the 2nd time it
-passes ``after_create`` (the 1st time for ``mid_ingest``). Unset, a failpoint is one dict lookup. The
-points sit where a crash is most dangerous: between a remote effect and the commit that records it.
+``ASYNCBATCH_FAILPOINTS="after_create:2,mid_ingest,spool_write:1:enospc"`` makes the process SIGKILL itself
+the 2nd time it passes ``after_create`` (the 1st time for ``mid_ingest``), and makes every spool write from
+the 1st on fail with ENOSPC, as on a full disk. The format is ``name[:nth[:action]]``, the action ``kill``
+(the default) or ``enospc``. Unset, a failpoint is one dict lookup. The points sit where a fault is most
+dangerous: between a remote effect and the commit that records it, or halfway through a local file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
@@ -21,16 +24,21 @@ POINTS = (
     "mid_ingest",  # some results committed, not all
     "before_finish",  # all results read, shard not yet marked ingested
     "after_resubmit_plan",  # failed requests planned into a new shard, nothing sent yet
+    "spool_write",  # a chunk of a shard's input file about to be written
 )
+ACTIONS = ("kill", "enospc")
 
 
-def _parse(spec: str) -> dict[str, int]:
-    points: dict[str, int] = {}
+def _parse(spec: str) -> dict[str, tuple[int, str]]:
+    points: dict[str, tuple[int, str]] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, nth = item.partition(":")
+        name, _, rest = item.partition(":")
+        nth, _, action = rest.partition(":")
         if name not in POINTS:
             raise ValueError(f"{ENV}: unknown failpoint {name!r}; known: {', '.join(POINTS)}")
-        points[name] = int(nth or 1)
+        if action and action not in ACTIONS:
+            raise ValueError(f"{ENV}: unknown action {action!r} for {name}; known: {', '.join(ACTIONS)}")
+        points[name] = (int(nth or 1), action or "kill")
     return points
 
 
@@ -39,10 +47,15 @@ _passed: Counter[str] = Counter()
 
 
 def failpoint(name: str) -> None:
-    """Die here (SIGKILL, no cleanup, like a power cut) if this point is armed and its turn has come."""
-    nth = _armed.get(name)
-    if nth is None:
+    """Strike here if this point is armed and its turn has come: die (SIGKILL, no cleanup, like a power
+    cut), or raise ``OSError(ENOSPC)`` (this passage and every later one, like a disk that stays full)."""
+    armed = _armed.get(name)
+    if armed is None:
         return
+    nth, action = armed
     _passed[name] += 1
-    if _passed[name] >= nth:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _passed[name] < nth:
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.kill(os.getpid(), signal.SIGKILL)

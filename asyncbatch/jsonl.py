@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 
 from .errors import JSONLError
+from .failpoints import failpoint
 
 BOM = b"\xef\xbb\xbf"
 DEFAULT_MAX_LINE_BYTES = 200 * 1024 * 1024
@@ -89,6 +90,7 @@ class SpoolWriter:
         return self
 
     async def write(self, lines: list[bytes]) -> None:
+        failpoint("spool_write")
         data = b"\n".join(lines) + b"\n"
         self.bytes += len(data)
         await anyio.to_thread.run_sync(self._file.write, data)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from .errors import AsyncBatchError, BadRequestError, NotFoundError, ProviderError, ValidationError
+from .errors import AsyncBatchError, BadRequestError, NotFoundError, ProviderError, StoreError, ValidationError
 from .events import (
     AnyEvent,
     BatchCreated,
@@ -449,9 +449,12 @@ class _ShardRunner:
         path = self.m.spool_path(shard)
         if path.exists():
             return path
-        async with SpoolWriter(path) as writer:
-            async for rows in self.store.spool_rows(shard.id):
-                await writer.write([provider.encode_line(wire, url, body) for wire, url, body in rows])
+        try:
+            async with SpoolWriter(path) as writer:
+                async for rows in self.store.spool_rows(shard.id):
+                    await writer.write([provider.encode_line(wire, url, body) for wire, url, body in rows])
+        except OSError as exc:  # a full disk or a read-only spool directory: local storage, like the store
+            raise StoreError(f"cannot write the spool file {path}: {exc.strerror or exc}") from exc
         return path
 
     async def _upload(self, job: Job, provider: Provider, shard: Shard) -> None:
