@@ -13,7 +13,9 @@ What it answers is decided by the live ``EmulatorConfig`` (mutate ``emu.config``
 ``cancel_after``; ``emu.clock.advance()`` or ``POST /_emulator/clock`` skips ahead), per-request outcomes
 (``fail_rate``, ``expire_rate``, ``fail_attempts``, ``seed``, and markers in the request text:
 ``[[fail:NNN]]``, ``[[expire]]``, ``[[fail_attempts:K]]``, see ``outcomes``), batches that expire
-(``expire_batches``), limits, and injected HTTP faults per endpoint group (``FaultSpec``). ``emu.ledger``
+(``expire_batches``), results that expire before they are downloaded (``results_ttl``), result lines for
+custom_ids nobody sent (``stray_results``), limits, and injected HTTP faults per endpoint group
+(``FaultSpec``). ``emu.ledger``
 (``GET /_emulator/ledger``) records every file, batch, request line and fault, so a test can prove that a
 client lost nothing and was billed once.
 

@@ -10,6 +10,7 @@ until the batch has ended, as the API documents.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from array import array
@@ -35,6 +36,7 @@ from .runs import Run, Written, progress
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 WINDOW = 24 * 3600
+RESULTS_KEPT = 29 * 86400  # results can be downloaded for 29 days after the batch was created
 
 
 def rfc3339(timestamp: float | None) -> str | None:
@@ -364,6 +366,12 @@ class AnthropicAPI:
         if batch.status != "ended":
             return anthropic_error(request, 400, f"Message Batch {batch.id} has not ended yet; results are "
                                    "available once processing_status is 'ended'.")
+        ttl = self.ctx.config.results_ttl
+        assert batch.ended_at is not None
+        available_until = batch.created_at + RESULTS_KEPT if ttl is None else batch.ended_at + ttl
+        if self.ctx.clock.now() >= available_until:
+            return anthropic_error(request, 404, f"The results of Message Batch {batch.id} are no longer "
+                                   "available.")
         return await stream_file(request, batch.run.sink_path("results"), "application/binary")
 
     def _visible(self, request: web.Request) -> AnthropicBatch | None:
@@ -390,7 +398,8 @@ class AnthropicAPI:
                     await self._end(batch, Outcome.CANCELLED, done_at)
 
     async def _end(self, batch: AnthropicBatch, unrun: Outcome, at: float) -> None:
-        await anyio.to_thread.run_sync(batch.run.finish, unrun, self.ctx.ledger)
+        await anyio.to_thread.run_sync(
+            functools.partial(batch.run.finish, unrun, self.ctx.ledger, strays=self.ctx.config.stray_results))
         batch.status, batch.ended_at = "ended", at
         self.ctx.ledger.update_batch(batch.id, status="ended")
 

@@ -71,6 +71,11 @@ class EmulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fail_status: int = 500
     expire_rate: float = 0.0
     fail_attempts: int = 0
+    # results: seconds they stay downloadable once a batch has ended (None: OpenAI's output_expires_after,
+    # 30 days by default; Anthropic's 29 days after creation), and result lines for custom_ids no request
+    # had, added to every ended batch (a provider bug a client must keep aside, not drop)
+    results_ttl: float | None = None
+    stray_results: int = 0
     # batches (1-based creation ordinals, both providers counted together) that expire instead of completing,
     # after this fraction of their requests has finished
     expire_batches: list[int] = msgspec.field(default_factory=list)

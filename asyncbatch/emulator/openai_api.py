@@ -9,6 +9,7 @@ batch named in ``expire_batches``, or holding requests that expire, ends ``expir
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -457,14 +458,21 @@ class OpenAIAPI:
         return self._page(items, request.query.get("after"), limit)
 
     async def get_file(self, request: web.Request) -> web.Response:
-        obj = self.files.get(request.match_info["file_id"])
+        obj = self._live_file(request.match_info["file_id"])
         return json_response(obj) if obj else _no_file(request)
 
     async def file_content(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file_id"]
-        if self.files.get(file_id) is None:
+        if self._live_file(file_id) is None:
             return _no_file(request)
         return await stream_file(request, self.files.path(file_id), "application/octet-stream")
+
+    def _live_file(self, file_id: str) -> FileObject | None:
+        """The file, unless it has expired: OpenAI deletes a file at its ``expires_at``."""
+        obj = self.files.get(file_id)
+        if obj is None or (obj.expires_at is not None and self.ctx.clock.now() >= obj.expires_at):
+            return None
+        return obj
 
     async def delete_file(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
@@ -608,7 +616,8 @@ class OpenAIAPI:
         run = batch.run
         if run is not None:
             unrun = Outcome.CANCELLED if status == "cancelled" else Outcome.EXPIRED
-            await anyio.to_thread.run_sync(run.finish, unrun, self.ctx.ledger)
+            await anyio.to_thread.run_sync(
+                functools.partial(run.finish, unrun, self.ctx.ledger, strays=self.ctx.config.stray_results))
             batch.output_file_id = await self._adopt(batch, run, "output")
             batch.error_file_id = await self._adopt(batch, run, "error")
         batch.set(status, at)
@@ -617,9 +626,11 @@ class OpenAIAPI:
     async def _adopt(self, batch: OpenAIBatch, run: Run[InputLine], sink: str) -> str | None:
         if not run.sink_lines[sink]:
             return None
+        ttl = self.ctx.config.results_ttl
+        expires_after = batch.output_expires_after if ttl is None else int(ttl)
         obj = await anyio.to_thread.run_sync(lambda: self.files.adopt(
             run.sink_path(sink), filename=f"{batch.id}_{sink}.jsonl", purpose="batch_output",
-            now=self.ctx.clock.now(), expires_after=batch.output_expires_after))
+            now=self.ctx.clock.now(), expires_after=expires_after))
         return obj.id
 
 

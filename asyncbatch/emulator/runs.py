@@ -22,7 +22,7 @@ import msgspec
 from ..model import Outcome
 from .config import EmulatorConfig
 from .ledger import Ledger, RequestRecord
-from .outcomes import Decision, decide
+from .outcomes import SUCCESS, Decision, decide
 
 
 class Parsed(Protocol):
@@ -122,9 +122,10 @@ class Run(Generic[P]):
         self.done = target
         ledger.add_requests(records)
 
-    def finish(self, unrun: Outcome, ledger: Ledger) -> None:
+    def finish(self, unrun: Outcome, ledger: Ledger, *, strays: int = 0) -> None:
         """Write every undecided line as ``unrun`` (expired/cancelled) and every deferred one as expired
-        (cancelled if the batch was cancelled). Idempotent."""
+        (cancelled if the batch was cancelled), then ``strays`` successes for custom_ids that no request of
+        the batch had (``EmulatorConfig.stray_results``; not in the ledger: nobody sent them). Idempotent."""
         if self.finished:
             return
         pending = [(i, None) for i in self.order[self.done:]] + list(self.deferred)
@@ -135,6 +136,10 @@ class Run(Generic[P]):
                 submission = known if known is not None else ledger.next_submission(parsed.identity)
                 sinks.write(self.fmt.not_run(parsed, unrun))
                 records.append(self._record(parsed, submission, unrun, None))
+            for number in range(strays if self.total else 0):
+                line = msgspec.json.decode(self._line(source, self.order[0]))
+                line["custom_id"] = f"stray-{self.batch_id[-8:]}-{number}"
+                sinks.write(self.fmt.ran(self.fmt.parse(msgspec.json.encode(line)), SUCCESS))
         self.done = self.total
         self.finished = True
         ledger.add_requests(records)
