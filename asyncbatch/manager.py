@@ -84,6 +84,7 @@ class BatchManager:
         spool_dir: str | os.PathLike[str] | None = None,
         retry: RetryStrategy | None = None,
         ingest_chunk: int = 10_000,
+        capacity_hold: float = 60.0,
     ) -> None:
         self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
         self._provider = provider
@@ -97,6 +98,7 @@ class BatchManager:
         self.lease_seconds = lease_seconds
         self.retry = retry or RetryStrategy()
         self.ingest_chunk = ingest_chunk
+        self.capacity_hold = capacity_hold
         store_path = self.store.path
         default_spool = Path(store_path + ".spool") if store_path != ":memory:" else Path(".asyncbatch-spool")
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
@@ -337,8 +339,8 @@ class BatchManager:
         if job.cancel_requested:
             self._cancelled.add(job_id)
             await self.store.cancel_pending(job_id)  # retryable failures that came back after the cancel
-        else:
-            for planned in await self.store.plan_shards(job, self.limits_for(provider), provider.wire_id):
+        elif (limits := await self._plan_limits(job_id, provider)) is not None:
+            for planned in await self.store.plan_shards(job, limits, provider.wire_id):
                 if planned.attempt > 1:
                     self.events.publish(RequestsResubmitted(job_id=job_id, shard_id=planned.id,
                                                             count=planned.request_count, attempt=planned.attempt))
@@ -354,6 +356,23 @@ class BatchManager:
         log.info("job %s %s", job_id, final.value)
         self.events.publish(JobFinished(job_id=job_id, status=final, counts=await self.store.counts(job_id)))
         return True
+
+    async def _plan_limits(self, job_id: str, provider: Provider) -> ShardLimits | None:
+        """The limits for planning the job's pending requests now, or None while the job is held.
+
+        After a batch failed because the provider's queue for the account was full (OpenAI's enqueued-token
+        limit, ``RetryStrategy.over_capacity``), the job waits ``capacity_hold`` seconds, then sends its
+        requests in batches half that size, and half again after each further such failure. Read from the
+        store, so a restarted process (or another worker) holds and halves the same way.
+        """
+        limits = self.limits_for(provider)
+        last = await self.store.last_failed_with(job_id, self.retry.capacity_batch_errors)
+        if last is None:
+            return limits
+        if time.time() < (last.ended_at or 0.0) + self.capacity_hold:
+            return None
+        return ShardLimits(max_requests=max(1, min(limits.max_requests, last.request_count // 2)),
+                           max_bytes=max(1, min(limits.max_bytes, last.bytes // 2)))
 
     async def _shard_task(self, job_id: str, shard_id: int, active: dict[int, str]) -> None:
         try:
@@ -587,6 +606,7 @@ class _ShardRunner:
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         retry = self.m.retry
         attempt = 0
+        gone = False  # the provider no longer has the results
         while True:
             seen: set[str] = set()
             rows: list[ResultRow] = []
@@ -609,11 +629,21 @@ class _ShardRunner:
                         rows, orphans = [], []
                         await self._renew()
                 break
+            except (NotFoundError, BadRequestError) as exc:  # 404, or Anthropic's 410 for archived results
+                if exc.status not in (404, 410):
+                    raise
+                log.warning("shard %s: the results of batch %s are gone: %s", shard.id, remote.id, exc)
+                gone = True
+                break
             except ProviderError as exc:
                 await self._transient(exc, attempt)
                 attempt += 1
         job = await self.store.get_job(self.job_id, with_counts=False)
         finish = retry.settle_unreported(remote, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested)
+        if gone:
+            finish = retry.settle_gone(remote)
+        elif retry.over_capacity(remote) and shard.request_count > 1:
+            finish = msgspec.structs.replace(finish, refund=True)  # nothing ran; a smaller batch may fit
         failpoint("before_finish")
         await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
         if orphans:

@@ -27,6 +27,9 @@ PERMANENT_BATCH_ERRORS = frozenset({
     "invalid_json_line", "duplicate_custom_id", "url_mismatch", "model_mismatch", "empty_file", "too_many_tasks",
     "model_not_found", "invalid_request", "input_modified", "input_no_permissions", "empty_batch",
 })
+# Batch-level codes that say the account's queue is full, not that the requests are wrong (OpenAI's
+# enqueued-token limit): the same requests fit later, or in smaller batches.
+CAPACITY_BATCH_ERRORS = frozenset({"token_limit_exceeded"})
 
 
 class RetryStrategy(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +38,11 @@ class RetryStrategy(msgspec.Struct, frozen=True, kw_only=True):
 
     retry_status_codes: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
     permanent_batch_errors: frozenset[str] = PERMANENT_BATCH_ERRORS
+    capacity_batch_errors: frozenset[str] = CAPACITY_BATCH_ERRORS
+
+    def over_capacity(self, batch: RemoteBatch) -> bool:
+        """The batch failed because the provider's queue for the account was full; nothing in it ran."""
+        return batch.status is BatchStatus.FAILED and any(e.code in self.capacity_batch_errors for e in batch.errors)
 
     def classify(self, line: ResultLine) -> Verdict:
         outcome = line.outcome
@@ -65,6 +73,14 @@ class RetryStrategy(msgspec.Struct, frozen=True, kw_only=True):
             return Settlement(state=RequestState.FAILED, error_code=code, error_message=message)
         return Settlement(state=RequestState.PENDING, error_code=code, error_message=message,
                           max_attempts=max_attempts)
+
+    def settle_gone(self, batch: RemoteBatch) -> Settlement:
+        """Members of an ended batch whose results the provider no longer has (they expired before they were
+        downloaded). They may well have run and been paid for, so they are not sent again behind the user's
+        back: they end failed, and the user decides."""
+        return Settlement(state=RequestState.FAILED, error_code="results_expired",
+                          error_message=f"the provider no longer has the results of batch {batch.id}: they expired "
+                          "before they were downloaded (submit these requests again to rerun them, at a new cost)")
 
     def settle_rejected(self, errors: list[BatchError]) -> Settlement:
         """Members of a shard the provider refused to take at all (upload or create answered 4xx)."""

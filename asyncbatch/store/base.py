@@ -7,7 +7,7 @@ throwaway runs). The store knows nothing of providers beyond the normalised valu
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -57,6 +57,7 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
     error_code: str
     error_message: str
     max_attempts: int = 1
+    refund: bool = False  # re-queued without using up the attempt (the provider ran nothing, for its own reason)
 
 
 class ResultRow(msgspec.Struct, kw_only=True):
@@ -141,6 +142,7 @@ class Store(Protocol):
     async def release(self, shard_id: int, owner: str) -> None: ...
     async def get_shard(self, shard_id: int) -> Shard: ...
     async def job_shards(self, job_id: str) -> list[Shard]: ...
+    async def last_failed_with(self, job_id: str, codes: Collection[str]) -> Shard | None: ...
     def spool_rows(self, shard_id: int, chunk: int = ...) -> AsyncIterator[list[tuple[str, str, bytes]]]: ...
     async def shard_uploaded(self, shard_id: int, owner: str, file_id: str | None) -> None: ...
     async def shard_creating(self, shard_id: int, owner: str) -> float: ...

@@ -13,7 +13,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -405,6 +405,11 @@ class SQLiteStore:
     async def job_shards(self, job_id: str) -> list[Shard]:
         return [_shard(row) for row in await self._read(_Q["job_shards"], (job_id,))]
 
+    async def last_failed_with(self, job_id: str, codes: Collection[str]) -> Shard | None:
+        """The job's newest shard whose batch failed with one of ``codes`` (in its batch errors)."""
+        rows = await self._read(_Q["last_failed_with"], (job_id, _json(sorted(codes)).decode()))
+        return _shard(rows[0]) if rows else None
+
     async def spool_rows(self, shard_id: int, chunk: int = 2000) -> AsyncIterator[list[tuple[str, str, bytes]]]:
         """The shard's members (wire_id, url, body), in chunks: memory stays flat whatever the shard size.
 
@@ -467,7 +472,9 @@ class SQLiteStore:
 
     @staticmethod
     async def _settle_rest(db: aiosqlite.Connection, shard_id: int, settle: Settlement) -> None:
-        if settle.state is RequestState.PENDING:
+        if settle.refund:
+            await db.execute(_Q["refund_shard_members"], (settle.error_code, settle.error_message, shard_id))
+        elif settle.state is RequestState.PENDING:
             await db.execute(
                 _Q["requeue_shard_members"], (settle.max_attempts, settle.error_code, settle.error_message, shard_id)
             )

@@ -78,6 +78,16 @@ SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes,
        batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
 FROM shards WHERE job_id = ? ORDER BY id;
 
+-- name: last_failed_with
+-- The newest shard of the job whose batch failed with one of the error codes of a JSON array.
+SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+FROM shards
+WHERE job_id = ? AND batch_status = 'failed'
+  AND EXISTS (SELECT 1 FROM json_each(shards.errors) e WHERE json_extract(e.value, '$.code') IN
+              (SELECT value FROM json_each(?)))
+ORDER BY id DESC LIMIT 1;
+
 -- name: spool_rows
 SELECT m.wire_id, r.url, r.body FROM shard_members m JOIN requests r ON r.rid = m.rid
 WHERE m.shard_id = ? AND m.wire_id > ? ORDER BY m.wire_id LIMIT ?;
@@ -143,6 +153,11 @@ INSERT OR REPLACE INTO orphan_results (shard_id, wire_id, line) VALUES (?, ?, ?)
 -- Members are found through shard_members (its primary key), not by a scan of every request in the store.
 UPDATE requests SET state = ?, error_code = ?, error_message = ?
 WHERE rid IN (SELECT rid FROM shard_members WHERE shard_id = ?4) AND shard_id = ?4 AND state = 'in_flight';
+
+-- name: refund_shard_members
+-- A try that does not count (the provider's queue was full, nothing ran): the attempt is given back.
+UPDATE requests SET state = 'pending', attempts = attempts - 1, error_code = ?, error_message = ?
+WHERE rid IN (SELECT rid FROM shard_members WHERE shard_id = ?3) AND shard_id = ?3 AND state = 'in_flight';
 
 -- name: requeue_shard_members
 UPDATE requests SET state = CASE WHEN attempts < ? THEN 'pending' ELSE 'failed' END,
