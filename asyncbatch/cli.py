@@ -222,6 +222,8 @@ async def _run(args: argparse.Namespace) -> int:
             c = job.counts
             print(f"{job.id} {job.status.value}: {c.completed} succeeded, {c.failed} failed, "
                   f"{c.cancelled} cancelled of {c.total}")
+            if strays := len(await bm.orphans(job.id)):
+                print(f"asyncbatch: {job.id}: {_strays(strays)}", file=sys.stderr)
         return 0 if all(job.status in (JobStatus.DONE, JobStatus.CANCELLED) for job in jobs) else EXIT_ERROR
 
 
@@ -231,8 +233,10 @@ async def _status(args: argparse.Namespace) -> int:
     async with _manager(args) as bm:
         job = await bm.status(args.job_id)
         shards = await bm.shards(args.job_id)
+        strays = len(await bm.orphans(args.job_id))
     if args.json:
         payload = msgspec.to_builtins(job)
+        payload["orphans"] = strays
         payload["batches"] = [
             {"id": s.batch_id, "status": s.batch_status, "phase": s.phase, "requests": s.request_count,
              "attempt": s.attempt}
@@ -248,7 +252,15 @@ async def _status(args: argparse.Namespace) -> int:
     for s in shards:
         print(f"  shard {s.id} attempt {s.attempt}: {s.phase.value}, batch {s.batch_id or '-'} "
               f"{s.batch_status.value if s.batch_status else ''} ({s.request_count} requests)")
+    if strays:
+        print(f"  {_strays(strays)}")
     return 0
+
+
+def _strays(count: int) -> str:
+    """The report of result lines the provider returned for custom_ids the job does not have."""
+    return (f"{count} result lines for custom_ids this job does not know were kept aside "
+            "(BatchManager.orphans() returns them)")
 
 
 async def _list(args: argparse.Namespace) -> int:
