@@ -588,7 +588,7 @@ class _ShardRunner:
                     last = seen
                 if remote.status.is_terminal:
                     return
-            await self._renew()
+            # no lease renewal here: the run's lease keeper renews every lease in one UPDATE
             await anyio.sleep(interval * (0.8 + 0.4 * random.random()))
             interval = min(interval * 1.5, self.m.max_poll_interval)
 
