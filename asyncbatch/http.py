@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -210,7 +211,8 @@ class HttpClient:
     @staticmethod
     async def _stream_to(resp: aiohttp.ClientResponse, dest: Path) -> int:
         size = 0
-        async with await anyio.open_file(dest, "wb") as out:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # response bodies: the owner's alone
+        async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
             async for chunk in resp.content.iter_chunked(CHUNK):
                 await out.write(chunk)
                 size += len(chunk)
@@ -235,6 +237,8 @@ class HttpClient:
         request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
         text = self.redact(f"{method} {path}: {message}")
         status = response.status
+        # every string the provider sent back is scrubbed: a server (or proxy) may echo what it was sent
+        code, etype, request_id = (self.redact(v) if v is not None else None for v in (code, etype, request_id))
         kwargs: dict[str, Any] = {"status": status, "code": code, "type": etype, "request_id": request_id}
         if status == 429:
             return RateLimitedError(text, retry_after=parse_retry_after(response.headers), **kwargs)
