@@ -83,11 +83,11 @@ async def test_store_spool_and_download_files_are_owner_only_from_the_first_byte
     """The spool (request bodies) and downloads (response bodies) as a SIGKILL leaves them mid-way."""
     db = tmp_path / "jobs.db"
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        source = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(50)])
+        source = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(1500)])
         assert (await cli("submit", str(source), "--db", str(db), "--base-url", emu.openai_base_url)).code == 0
         seen: set[Path] = set()
         for point in ("after_upload", "mid_ingest"):
-            killed = await cli("run", "--db", str(db), *RUN_ARGS, "--ingest-chunk", "10",
+            killed = await cli("run", "--db", str(db), *RUN_ARGS, "--ingest-chunk", "100",
                                env=cli_env(ASYNCBATCH_FAILPOINTS=point))
             assert killed.code == -9, killed.err
             files = set(files_under(tmp_path)) - set(files_under(tmp_path / "emu", tmp_path / "in.jsonl"))
