@@ -47,6 +47,7 @@ from .sql import SCHEMA_VERSION, queries, schema
 
 _Q = queries()
 CACHE_KIB = 16 * 1024
+PLAN_PAGE = 5000  # pending requests read at a time while planning
 WAL_CHECKPOINT_PAGES = 16 * 1024
 _json = msgspec.json.encode
 _STATE_FIELD = {
@@ -323,44 +324,53 @@ class SQLiteStore:
         """
         planned: list[PlannedShard] = []
         async with self._tx() as db:
-            # One shard per read: the requests planned so far are no longer pending, so the next read starts
-            # where the last shard ended, and memory holds one shard's members whatever the job's size.
-            while rows := list(await db.execute_fetchall(_Q["pending_for_planning"], (job.id, limits.max_requests))):
-                url, model = rows[0][2], rows[0][3]
-                shard = PlannedShard(endpoint=url, model=model, request_count=0, bytes=0)
-                members: list[tuple[int, str, int]] = []  # (rid, custom_id, attempts)
-                for rid, custom_id, row_url, row_model, size, attempts in rows:
-                    if members and ((row_url, row_model) != (url, model) or shard.bytes + size > limits.max_bytes):
-                        break
-                    shard.request_count += 1
-                    shard.bytes += size
-                    members.append((rid, custom_id, attempts))
-                await self._insert_shard(db, job, shard, members, wire_id)
+            while shard := await self._plan_shard(db, job, limits, wire_id):
                 planned.append(shard)
         return planned
 
     @staticmethod
-    async def _insert_shard(
-        db: aiosqlite.Connection,
-        job: Job,
-        shard: PlannedShard,
-        members: list[tuple[int, str, int]],
-        wire_id: WireIdFn,
-    ) -> None:
-        attempt = shard.attempt = max(m[2] for m in members) + 1
-        cur = await db.execute(
-            _Q["insert_shard"],
-            (job.id, attempt, shard.token, shard.endpoint, shard.model, shard.request_count, shard.bytes,
-             time.time()),
-        )
-        assert cur.lastrowid is not None
-        shard.id = cur.lastrowid
-        # generators, not lists: a 50,000-request shard's parameters never sit in memory twice over
-        await db.executemany(
-            _Q["insert_member"],
-            ((shard.id, wire_id(cid, rid, shard.token), rid, attempts + 1) for rid, cid, attempts in members),
-        )
-        await db.executemany(_Q["assign_request"], ((shard.id, rid) for rid, _, _ in members))
+    async def _plan_shard(
+        db: aiosqlite.Connection, job: Job, limits: ShardLimits, wire_id: WireIdFn
+    ) -> PlannedShard | None:
+        """Fill one shard from the job's pending requests, a page at a time.
+
+        Planned requests stop being pending, so each read starts where the last one ended: memory holds one
+        page, whatever the size of the shard or of the job.
+        """
+        shard: PlannedShard | None = None
+        while shard is None or shard.request_count < limits.max_requests:
+            page = min(PLAN_PAGE, limits.max_requests - (shard.request_count if shard else 0))
+            rows = list(await db.execute_fetchall(_Q["pending_for_planning"], (job.id, page)))
+            if not rows:
+                break
+            if shard is None:
+                shard = PlannedShard(endpoint=rows[0][2], model=rows[0][3], request_count=0, bytes=0)
+                cur = await db.execute(_Q["insert_shard"], (job.id, shard.token, shard.endpoint, shard.model,
+                                                            time.time()))
+                assert cur.lastrowid is not None
+                shard.id = cur.lastrowid
+            members: list[tuple[int, str, int]] = []  # (rid, custom_id, attempt in this shard)
+            full = False
+            for rid, custom_id, url, model, size, attempts in rows:
+                if shard.request_count and (
+                    (url, model) != (shard.endpoint, shard.model) or shard.bytes + size > limits.max_bytes
+                ):
+                    full = True
+                    break
+                shard.request_count += 1
+                shard.bytes += size
+                shard.attempt = max(shard.attempt, attempts + 1)
+                members.append((rid, custom_id, attempts + 1))
+            token, shard_id = shard.token, shard.id
+            await db.executemany(
+                _Q["insert_member"], ((shard_id, wire_id(cid, rid, token), rid, att) for rid, cid, att in members)
+            )
+            await db.executemany(_Q["assign_request"], ((shard_id, rid) for rid, _, _ in members))
+            if full or len(rows) < page:
+                break
+        if shard is not None:
+            await db.execute(_Q["size_shard"], (shard.attempt, shard.request_count, shard.bytes, shard.id))
+        return shard
 
     # --- shards and leases ---------------------------------------------------------------------------------
 

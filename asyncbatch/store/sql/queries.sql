@@ -39,7 +39,10 @@ WHERE job_id = ? AND state = 'pending' ORDER BY url, model, rid LIMIT ?;
 
 -- name: insert_shard
 INSERT INTO shards (job_id, attempt, token, phase, endpoint, model, request_count, bytes, created_at)
-VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?);
+VALUES (?, 1, ?, 'planned', ?, ?, 0, 0, ?);
+
+-- name: size_shard
+UPDATE shards SET attempt = ?, request_count = ?, bytes = ? WHERE id = ?;
 
 -- name: insert_member
 INSERT INTO shard_members (shard_id, wire_id, rid, attempt) VALUES (?, ?, ?, ?);
