@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asyncbatch")
 
 _TRANSIENT_BACKOFF_MAX = 60.0
+_LOOKUP_LINES = 1000  # result lines whose members are looked up in one query while ingesting
 RECONCILE_HORIZON = 7 * 86400.0  # batch ids recorded this long before a shard's create are excluded from find()
 
 
@@ -601,33 +602,29 @@ class _ShardRunner:
             errors=msgspec.convert(shard.errors, list[BatchError]),
         )
         job = await self.store.get_job(self.job_id, with_counts=False)  # a cancel may have come meanwhile
-        members = await self.store.member_requests(shard.id)
         workdir = self.m.spool_dir / shard.job_id / "downloads"
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         retry = self.m.retry
         attempt = 0
         gone = False  # the provider no longer has the results
         while True:
-            seen: set[str] = set()
+            seen: set[int] = set()  # rids that have a result line
             rows: list[ResultRow] = []
             orphans: list[tuple[str, bytes]] = []
+            lines: list[ResultLine] = []
+            lookup = min(_LOOKUP_LINES, self.m.ingest_chunk)
             try:
                 async for line in provider.results(remote, workdir):
-                    member = members.get(line.wire_id)
-                    if member is None or line.wire_id in seen:
-                        orphans.append((line.wire_id, msgspec.json.encode(line)))
-                        continue
-                    seen.add(line.wire_id)
-                    rid, request_attempt = member
-                    verdict = retry.classify(line)
-                    state = retry.state_after(verdict, attempt=request_attempt, max_attempts=job.max_attempts,
-                                              cancel_requested=job.cancel_requested)
-                    rows.append(_result_row(rid, request_attempt, state, line))
+                    lines.append(line)
+                    if len(lines) >= lookup:
+                        await self._add_rows(shard.id, job, lines, seen, rows, orphans)
+                        lines = []
                     if len(rows) >= self.m.ingest_chunk:
                         await self.store.ingest(shard.id, self.owner, rows, orphans)
                         failpoint("mid_ingest")
                         rows, orphans = [], []
                         await self._renew()
+                await self._add_rows(shard.id, job, lines, seen, rows, orphans)
                 break
             except (NotFoundError, BadRequestError) as exc:  # 404, or Anthropic's 410 for archived results
                 if exc.status not in (404, 410):
@@ -651,6 +648,29 @@ class _ShardRunner:
         succeeded, failed, again = await self.store.shard_tally(shard.id)
         self.m.events.publish(ResultsIngested(job_id=self.job_id, shard_id=shard.id, batch_id=remote.id,
                                               succeeded=succeeded, failed=failed, resubmitted=again))
+
+
+    async def _add_rows(
+        self, shard_id: int, job: Job, lines: list[ResultLine], seen: set[int], rows: list[ResultRow],
+        orphans: list[tuple[str, bytes]],
+    ) -> None:
+        """Turn a few result lines into result rows (appended to ``rows``), their members looked up in one
+        query: memory holds the members of these lines, not of the whole shard. A line whose id the shard
+        does not know, or knows already, goes to ``orphans``."""
+        if not lines:
+            return
+        members = await self.store.member_requests(shard_id, [line.wire_id for line in lines])
+        retry = self.m.retry
+        for line in lines:
+            member = members.get(line.wire_id)
+            if member is None or member[0] in seen:
+                orphans.append((line.wire_id, msgspec.json.encode(line)))
+                continue
+            rid, request_attempt = member
+            seen.add(rid)
+            state = retry.state_after(retry.classify(line), attempt=request_attempt, max_attempts=job.max_attempts,
+                                      cancel_requested=job.cancel_requested)
+            rows.append(_result_row(rid, request_attempt, state, line))
 
 
 def _provider_key(name: str, base_url: str | None, options: Mapping[str, Any]) -> bytes:

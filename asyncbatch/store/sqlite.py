@@ -495,10 +495,16 @@ class SQLiteStore:
 
     # --- ingestion -----------------------------------------------------------------------------------------
 
-    async def member_requests(self, shard_id: int) -> dict[str, tuple[int, int]]:
-        """wire_id -> (rid, attempt) for every member of the shard (settled ones too: re-ingesting after a
-        crash must recognise them, and the guarded updates leave them as they are)."""
-        rows = await self._read(_Q["member_requests"], (shard_id,))
+    async def member_requests(
+        self, shard_id: int, wire_ids: Sequence[str] | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """wire_id -> (rid, attempt) for the members of the shard named in ``wire_ids`` (default: all), settled
+        ones too: re-ingesting after a crash must recognise them, and the guarded updates leave them as they
+        are. Ingestion asks for one chunk's ids at a time, so memory does not grow with the shard."""
+        if wire_ids is None:
+            rows = await self._read(_Q["member_requests"], (shard_id,))
+        else:
+            rows = await self._read(_Q["member_requests_of"], (shard_id, _json(wire_ids).decode()))
         return {str(w): (int(rid), int(att)) for w, rid, att in rows}
 
     async def ingest(

@@ -127,6 +127,10 @@ WHERE id = ? AND phase IN ('planned', 'uploaded', 'creating');
 -- name: member_requests
 SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = ?;
 
+-- name: member_requests_of
+SELECT wire_id, rid, attempt FROM shard_members
+WHERE shard_id = ? AND wire_id IN (SELECT value FROM json_each(?));
+
 -- name: upsert_result
 INSERT INTO results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
                      input_tokens, output_tokens, cached_tokens, model, request_id, line_id)
