@@ -61,7 +61,11 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class ResultRow(msgspec.Struct, kw_only=True):
-    """One result to upsert, with the request state it leads to."""
+    """One result to upsert, with the request state it leads to.
+
+    The field order is the parameter order of the ``upsert_result`` and ``settle_request`` queries (plus the
+    shard id at the end): a row binds as ``(*astuple(row), shard_id)``, with no per-field Python work.
+    """
 
     rid: int
     attempt: int
@@ -77,21 +81,6 @@ class ResultRow(msgspec.Struct, kw_only=True):
     model: str | None = None
     request_id: str | None = None
     line_id: str | None = None
-
-    @property
-    def final_error_code(self) -> str | None:
-        return None if self.state is RequestState.SUCCEEDED else self.error_code
-
-    @property
-    def final_error_message(self) -> str | None:
-        return None if self.state is RequestState.SUCCEEDED else self.error_message
-
-    def result_tuple(self, shard_id: int) -> tuple[object, ...]:
-        return (
-            self.rid, self.attempt, shard_id, self.outcome.value, self.status_code, self.body, self.error_code,
-            self.error_message, self.input_tokens, self.output_tokens, self.cached_tokens, self.model,
-            self.request_id, self.line_id,
-        )
 
 
 class StoredResult(msgspec.Struct, kw_only=True):

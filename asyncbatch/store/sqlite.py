@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 import anyio
 import msgspec
+from msgspec.structs import astuple
 
 from ..errors import DuplicateCustomIdError, JobNotFoundError, SchemaVersionError, StoreError
 from ..model import (
@@ -521,11 +522,9 @@ class SQLiteStore:
         rows = list(results)
         async with self._tx() as db:
             if rows:
-                await db.executemany(_Q["upsert_result"], [r.result_tuple(shard_id) for r in rows])
-                await db.executemany(
-                    _Q["settle_request"],
-                    [(r.state.value, r.final_error_code, r.final_error_message, r.rid, shard_id) for r in rows],
-                )
+                params = [(*astuple(r), shard_id) for r in rows]  # one binding serves both statements
+                await db.executemany(_Q["upsert_result"], params)
+                await db.executemany(_Q["settle_request"], params)
             orphan_rows = [(shard_id, w, line) for w, line in orphans]
             if orphan_rows:
                 await db.executemany(_Q["upsert_orphan"], orphan_rows)

@@ -132,9 +132,11 @@ SELECT wire_id, rid, attempt FROM shard_members
 WHERE shard_id = ? AND wire_id IN (SELECT value FROM json_each(?));
 
 -- name: upsert_result
+-- Parameters: a ResultRow's fields in order (?1 rid .. ?14 line_id; ?4, the request state, is for
+-- settle_request), then ?15 the shard id.
 INSERT INTO results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
                      input_tokens, output_tokens, cached_tokens, model, request_id, line_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?1, ?2, ?15, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT (rid, attempt) DO UPDATE SET
     shard_id = excluded.shard_id, outcome = excluded.outcome, status_code = excluded.status_code,
     body = excluded.body, error_code = excluded.error_code, error_message = excluded.error_message,
@@ -143,8 +145,10 @@ ON CONFLICT (rid, attempt) DO UPDATE SET
     line_id = excluded.line_id;
 
 -- name: settle_request
-UPDATE requests SET state = ?, error_code = ?, error_message = ?
-WHERE rid = ? AND shard_id = ? AND state = 'in_flight';
+-- The same parameters as upsert_result; a request that succeeded keeps no error.
+UPDATE requests SET state = ?4, error_code = iif(?4 = 'succeeded', NULL, ?7),
+                    error_message = iif(?4 = 'succeeded', NULL, ?8)
+WHERE rid = ?1 AND shard_id = ?15 AND state = 'in_flight';
 
 -- name: shard_tally
 SELECT
