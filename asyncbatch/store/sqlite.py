@@ -51,13 +51,6 @@ CACHE_KIB = 8 * 1024
 PLAN_PAGE = 5000  # pending requests read at a time while planning
 WAL_CHECKPOINT_PAGES = 16 * 1024
 _json = msgspec.json.encode
-_STATE_FIELD = {
-    RequestState.SUCCEEDED: "completed",
-    RequestState.FAILED: "failed",
-    RequestState.IN_FLIGHT: "in_flight",
-    RequestState.PENDING: "pending",
-    RequestState.CANCELLED: "cancelled",
-}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -273,11 +266,11 @@ class SQLiteStore:
         return jobs
 
     async def counts(self, job_id: str) -> RequestCounts:
-        counts = RequestCounts()
-        for state, n in await self._read(_Q["count_states"], (job_id,)):
-            setattr(counts, _STATE_FIELD[RequestState(state)], n)
-            counts.total += n
-        return counts
+        pending, in_flight, failed, cancelled, total = (await self._read(_Q["count_states"], (job_id,)))[0]
+        return RequestCounts(
+            total=total, completed=total - pending - in_flight - failed - cancelled, failed=failed,
+            in_flight=in_flight, pending=pending, cancelled=cancelled,
+        )
 
     async def set_job_status(self, job_id: str, status: JobStatus) -> bool:
         async with self._tx() as db:

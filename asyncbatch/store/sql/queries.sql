@@ -21,7 +21,13 @@ SELECT id, provider, base_url, provider_options, endpoint, completion_window, ma
 FROM jobs ORDER BY created_at, id;
 
 -- name: count_states
-SELECT state, COUNT(*) FROM requests WHERE job_id = ? GROUP BY state;
+-- pending, in_flight, failed, cancelled, total: each from its own (partial) index, never the table.
+SELECT
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'pending'),
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'in_flight'),
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'failed'),
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'cancelled'),
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1);
 
 -- name: set_job_status
 UPDATE jobs SET status = ?, updated_at = ? WHERE id = ? AND status != ?;
@@ -177,8 +183,9 @@ WHERE rid IN (SELECT rid FROM shard_members WHERE shard_id = ?4) AND shard_id = 
 
 -- name: live_work
 SELECT
-  (SELECT COUNT(*) FROM requests WHERE job_id = ? AND state IN ('pending', 'in_flight')),
-  (SELECT COUNT(*) FROM shards WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned'));
+  (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'pending')
+    + (SELECT COUNT(*) FROM requests WHERE job_id = ?1 AND state = 'in_flight'),
+  (SELECT COUNT(*) FROM shards WHERE job_id = ?2 AND phase NOT IN ('ingested', 'abandoned'));
 
 -- name: final_results
 -- `+r.state`: walk requests_job in rid order (a page costs its own rows), not requests_pending + a sort.

@@ -33,7 +33,13 @@ CREATE TABLE IF NOT EXISTS requests (
     consumed      INTEGER NOT NULL DEFAULT 0,    -- acknowledged by a consumer (exactly-once consumption)
     UNIQUE (job_id, custom_id)
 );
-CREATE INDEX IF NOT EXISTS requests_pending ON requests (job_id, state, url, model);
+-- One partial index per state but `succeeded`: settling a request that succeeded (most do) only drops its
+-- requests_in_flight entry, and counts read small indexes (succeeded = all the job's requests - the rest).
+-- `state` is in each key so that the query planner prefers them to requests_job.
+CREATE INDEX IF NOT EXISTS requests_pending ON requests (job_id, state, url, model) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS requests_in_flight ON requests (job_id, state) WHERE state = 'in_flight';
+CREATE INDEX IF NOT EXISTS requests_failed ON requests (job_id, state) WHERE state = 'failed';
+CREATE INDEX IF NOT EXISTS requests_cancelled ON requests (job_id, state) WHERE state = 'cancelled';
 -- A job's requests in rid (input) order: results are paged by rid without sorting the job each page.
 CREATE INDEX IF NOT EXISTS requests_job ON requests (job_id);
 
