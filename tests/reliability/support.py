@@ -84,16 +84,24 @@ def sent_ids_by_batch(emu: Any) -> dict[str, list[str]]:
 
 
 def verify_guarantees(db: Path, emu: Any, job_id: str, **options: Any) -> dict[str, int]:
-    """``verify_exactly_once``, plus: no batch was created with a custom_id after the batch it succeeded in.
+    """``verify_exactly_once``, plus: a succeeded custom_id has exactly one success stored, at its last
+    attempt, and no batch was created with a custom_id after the batch it succeeded in.
 
     ``verify_exactly_once`` sees what the emulator *processed*; a batch that nobody polled processes
     nothing, so here the batches' *inputs* are checked too.
     """
     counts = verify_exactly_once(db, emu.ledger, job_id, **options)
     with sqlite3.connect(db) as conn:
+        # one final result each: a success is stored once, as the request's last attempt
+        bad_successes = conn.execute(
+            "SELECT r.custom_id FROM requests r LEFT JOIN results s ON s.rid = r.rid AND s.outcome = 'succeeded' "
+            "WHERE r.job_id = ? GROUP BY r.rid "
+            "HAVING COUNT(s.rid) > 1 OR (r.state = 'succeeded') != (COUNT(s.rid) = 1) "
+            "OR (COUNT(s.rid) = 1 AND MAX(s.attempt) != r.attempts)", (job_id,)).fetchall()
         wire_to_cid = dict(conn.execute(
             "SELECT m.wire_id, r.custom_id FROM shard_members m JOIN requests r ON r.rid = m.rid "
             "WHERE r.job_id = ?", (job_id,)).fetchall())
+    assert not bad_successes, f"custom_ids without exactly one final success: {bad_successes[:5]}"
     ordinal = {b.id: b.ordinal for b in emu.ledger.batches_created()}
     billed_in: dict[str, int] = {}
     for record in emu.ledger.requests:

@@ -326,3 +326,20 @@ async def test_a_300_mb_file_with_a_bad_last_line_stores_nothing_in_flat_memory(
     assert peak_mib < 200, f"peak RSS {peak_mib:.0f} MiB for a 300 MB file"
     assert dump(db) == before
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < 1024  # nor did the test itself load it
+
+
+async def test_crlf_line_endings_and_trailing_blank_lines_are_accepted_on_purpose(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """Deliberate: JSON treats ``\\r`` as white space, so a file saved with Windows line endings means the same
+    requests; blank lines at the very end are what editors leave. Neither reaches the provider (the spool is
+    written from the stored bodies, which hold no ``\\r``)."""
+    source = tmp_path / "crlf.jsonl"
+    source.write_bytes(line("a") + b"\r\n" + line("b") + b"\r\n\r\n\n")
+    async with BatchManager(tmp_path / "jobs.db", provider=create_provider(
+            "openai", base_url=emulator.openai_base_url, api_key=API_KEY)) as bm:
+        job = await bm.submit(source)
+    assert job.counts.total == 2
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        bodies = [bytes(b) for (b,) in conn.execute("SELECT body FROM requests")]
+    assert all(b"\r" not in body and json.loads(body)["model"] == OPENAI_CHAT["model"] for body in bodies)
