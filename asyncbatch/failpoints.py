@@ -3,7 +3,8 @@
 ``ASYNCBATCH_FAILPOINTS="after_create:2,mid_ingest,spool_write:1:enospc"`` makes the process SIGKILL itself
 the 2nd time it passes ``after_create`` (the 1st time for ``mid_ingest``), and makes every spool write from
 the 1st on fail with ENOSPC, as on a full disk. The format is ``name[:nth[:action]]``, the action ``kill``
-(the default) or ``enospc``. Unset, a failpoint is one dict lookup. The points sit where a fault is most
+(the default), ``enospc``, or ``stop`` (SIGSTOP: frozen, as a suspended VM, until someone sends SIGCONT).
+Unset, a failpoint is one dict lookup. The points sit where a fault is most
 dangerous: between a remote effect and the commit that records it, or halfway through a local file.
 """
 
@@ -26,7 +27,7 @@ POINTS = (
     "after_resubmit_plan",  # failed requests planned into a new shard, nothing sent yet
     "spool_write",  # a chunk of a shard's input file about to be written
 )
-ACTIONS = ("kill", "enospc")
+ACTIONS = ("kill", "enospc", "stop")
 
 
 def _parse(spec: str) -> dict[str, tuple[int, str]]:
@@ -48,7 +49,8 @@ _passed: Counter[str] = Counter()
 
 def failpoint(name: str) -> None:
     """Strike here if this point is armed and its turn has come: die (SIGKILL, no cleanup, like a power
-    cut), or raise ``OSError(ENOSPC)`` (this passage and every later one, like a disk that stays full)."""
+    cut), raise ``OSError(ENOSPC)`` (this passage and every later one, like a disk that stays full), or
+    freeze (SIGSTOP, this passage only) and carry on once continued."""
     armed = _armed.get(name)
     if armed is None:
         return
@@ -58,4 +60,8 @@ def failpoint(name: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "stop":
+        if _passed[name] == nth:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return
     os.kill(os.getpid(), signal.SIGKILL)

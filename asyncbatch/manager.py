@@ -508,6 +508,10 @@ class _ShardRunner:
                         max_attempts=job.max_attempts, cancel_requested=True))
                     break
                 failpoint("before_create")
+                # The last moment to learn that the shard is no longer ours (this process was frozen for longer
+                # than the lease, and another worker took the shard over): creating now would make a second
+                # batch for it. LeaseLostError ends this runner.
+                await self.store.renew_lease(shard.id, self.owner, self.m.lease_seconds)
                 remote = await provider.create(info, shard.file_id)
                 failpoint("after_create")
                 await self._submitted(shard, remote, adopted=False)
