@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
     p.add_argument("--ingest-chunk", type=int, default=2000, help="results committed per transaction")
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="how long another process waits before taking over the batches of one that stopped "
+                        "answering (a dead one's are taken over at once)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress on stderr (default: when stderr is a terminal)")
 
@@ -192,7 +195,7 @@ async def _run(args: argparse.Namespace) -> int:
     async with _manager(
         args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
         max_requests_per_batch=args.max_requests_per_batch, max_bytes_per_batch=args.max_bytes_per_batch,
-        ingest_chunk=args.ingest_chunk,
+        ingest_chunk=args.ingest_chunk, lease_seconds=args.lease_seconds,
     ) as bm:
         stopped_by: list[str] = []
 
