@@ -17,7 +17,7 @@ from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
 from tests.helpers import API_KEY, chat_line, write_jsonl
-from tests.reliability.support import RUN_ARGS, cli, drain, spawn, stop, until, verify_guarantees
+from tests.reliability.support import RUN_ARGS, cli, cli_env, drain, spawn, stop, until, verify_guarantees
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +89,34 @@ def lease_left(db: Path) -> float:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         (expires,) = conn.execute("SELECT lease_expires FROM shards").fetchone()
     return float(expires) - time.time()
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP), from /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+async def test_a_worker_frozen_past_its_lease_creates_no_second_batch_when_it_wakes(tmp_path: Path) -> None:
+    """A process frozen (a suspended VM, a closed laptop) after committing ``creating`` and before sending the
+    create, for longer than its lease. Another worker takes the shard over, creates its batch and finishes
+    the job. The frozen one, woken, must learn that the shard is no longer its own before it creates."""
+    db = tmp_path / "jobs.db"
+    lines = [chat_line(f"r{i:02d}") for i in range(30)]
+    run = ("run", "--db", str(db), *RUN_ARGS, "--lease-seconds", "1")
+    async with run_emulator(EmulatorConfig(complete_after=0.2), data_dir=tmp_path / "emu") as emu:
+        submitted = await cli("submit", str(write_jsonl(tmp_path / "in.jsonl", lines)), "--db", str(db),
+                              "--base-url", emu.openai_base_url)
+        job_id = submitted.out.split()[-1]
+        frozen = await spawn(*run, env=cli_env(ASYNCBATCH_FAILPOINTS="before_create:1:stop"))
+        try:
+            await until(lambda: stopped(frozen.pid))
+            other = await cli(*run)
+            assert other.code == 0 and f"{job_id} done: 30 succeeded" in other.out, other.err
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        with anyio.fail_after(30):
+            await frozen.wait()
+        _, err = await drain(frozen)
+        assert frozen.returncode == 0, err[-500:]
+        assert len(emu.ledger.batches_created()) == 1
+        verify_guarantees(db, emu, job_id, expect_all_succeeded=True)
