@@ -93,6 +93,7 @@ async def test_random_sigkills_under_faults_lose_nothing_and_pay_once(tmp_path: 
         counts = verify_guarantees(db, emu, job_id)
         assert kills >= MIN_KILLS, f"the job finished after only {kills} kills: make it longer"
         faults = emu.ledger.totals().faults
+        print(f"chaos: {len(emu.ledger.batches_created())} batches, faults injected: {faults}")
     assert counts == {"succeeded": REQUESTS - REQUESTS // 500, "failed": REQUESTS // 500}, counts
     assert integrity(db) == "ok"
     assert {"429", "500", "503", "drop", "truncate", "drop_after_create"} <= set(faults), faults

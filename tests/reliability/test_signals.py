@@ -42,6 +42,7 @@ async def test_signal_stops_quickly_says_so_and_a_restart_continues(tmp_path: Pa
                 await proc.wait()
             took = time.monotonic() - sent
             _, err = await drain(proc)
+            print(f"{signum.name}: stopped {took:.2f}s after the signal")
             assert took < STOP_WITHIN, f"took {took:.2f}s to stop"
             assert proc.returncode == 130, (proc.returncode, err[-500:])
             assert f"stopped by {signum.name}" in err and "run again to resume" in err
