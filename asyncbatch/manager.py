@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asyncbatch")
 
 _TRANSIENT_BACKOFF_MAX = 60.0
+UPLOADS_AT_ONCE = 4  # shards of one manager that build and upload their input files at the same time
 _LOOKUP_LINES = 1000  # result lines whose members are looked up in one query while ingesting
 RECONCILE_HORIZON = 7 * 86400.0  # batch ids recorded this long before a shard's create are excluded from find()
 
@@ -110,9 +111,12 @@ class BatchManager:
         # Jobs whose cancel this manager has seen (its own cancel(), or the store at each run loop step), so
         # that pollers need not read the job from the store on every poll.
         self._cancelled: set[str] = set()
-        # One shard ingests at a time: all share one SQLite connection, so more at once gain nothing, and each
-        # holds a chunk of results and its member map, so memory would grow with the number of shards.
-        self._ingest_lock = anyio.Lock()
+        # Work that holds data in memory is bounded per manager, not per shard, so memory stays flat however
+        # many shards a job has (the run's lease keeper keeps the leases of shards that wait): one shard
+        # ingests at a time (all share one SQLite connection, so more at once gain nothing), and a few build
+        # and upload their files at a time.
+        self._ingest_slots = anyio.CapacityLimiter(1)
+        self._upload_slots = anyio.CapacityLimiter(UPLOADS_AT_ONCE)
 
     def __repr__(self) -> str:
         return f"BatchManager({self.store.path!r})"
@@ -413,13 +417,14 @@ class _ShardRunner:
                 return
             try:
                 if phase is ShardPhase.PLANNED:
-                    await self._upload(job, provider, shard)
+                    async with self.m._upload_slots:
+                        await self._upload(job, provider, shard)
                 elif phase in (ShardPhase.UPLOADED, ShardPhase.CREATING):
                     await self._create(job, provider, shard)
                 elif phase is ShardPhase.SUBMITTED:
                     await self._poll(provider, shard)
                 elif phase is ShardPhase.ENDED:
-                    async with self._ingest_turn():
+                    async with self.m._ingest_slots:
                         await self._ingest(provider, shard)
             except BadRequestError as exc:
                 if phase not in (ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING):
@@ -427,20 +432,6 @@ class _ShardRunner:
                 log.warning("shard %s rejected by the provider: %s", shard.id, exc)
                 errors = [BatchError(code=exc.code or "rejected", message=str(exc))]
                 await self.store.shard_abandoned(shard.id, errors, self.m.retry.settle_rejected(errors))
-
-    @contextlib.asynccontextmanager
-    async def _ingest_turn(self) -> AsyncIterator[None]:
-        """Wait for this manager's ingest slot (see ``BatchManager._ingest_lock``), keeping the lease meanwhile."""
-        lock = self.m._ingest_lock
-        while True:
-            with anyio.move_on_after(self.m.lease_seconds / 3):
-                await lock.acquire()
-                break
-            await self._renew()
-        try:
-            yield
-        finally:
-            lock.release()
 
     async def _renew(self) -> None:
         if time.monotonic() - self._lease_renewed > self.m.lease_seconds / 3:
