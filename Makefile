@@ -16,12 +16,12 @@ demo: $(STAMP)
 	$(PY) -m asyncbatch demo
 
 test: $(STAMP)
-	$(PY) -m ruff check asyncbatch tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m mypy asyncbatch
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check asyncbatch tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m mypy asyncbatch
 
 clean:
