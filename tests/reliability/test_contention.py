@@ -36,7 +36,7 @@ RUN = (*RUN_ARGS, "--max-requests-per-batch", "150", "--ingest-chunk", "40")
 async def test_three_processes_on_one_store_finish_the_job_exactly_once(tmp_path: Path) -> None:
     storm = FaultSpec(rate_429=0.03, rate_500=0.03, rate_503=0.02, drop_rate=0.02, truncate_rate=0.1,
                       drop_after_create_rate=0.1, retry_after=0.05)
-    config = EmulatorConfig(complete_after=1.0, seed=17, expire_batches=[3], faults={"*": storm})
+    config = EmulatorConfig(complete_after=2.0, seed=17, expire_batches=[3], faults={"*": storm})
     lines = [chat_line(f"c{i:05d}", f"item {i}" + (" [[fail_attempts:1]]" if i % 4 == 0 else ""))
              for i in range(6000)]
     db = tmp_path / "jobs.db"
@@ -46,7 +46,7 @@ async def test_three_processes_on_one_store_finish_the_job_exactly_once(tmp_path
         assert submitted.code == 0, submitted.err
         job_id = submitted.out.split()[-1]
         workers = [await spawn("run", "--db", str(db), *RUN) for _ in range(3)]
-        await anyio.sleep(2.0)
+        await anyio.sleep(2.0)  # the job needs two generations of batches of at least 2 s each
         await stop(workers[1])  # one worker dies holding leases: the others take its shards over
         with anyio.fail_after(120):
             for worker in (workers[0], workers[2]):

@@ -23,7 +23,8 @@ STOP_WITHIN = 3.0  # seconds from the signal to the exit
 async def test_signal_stops_quickly_says_so_and_a_restart_continues(tmp_path: Path, signum: signal.Signals) -> None:
     rng = random.Random(int(signum))
     storm = FaultSpec(rate_429=0.05, rate_500=0.05, drop_rate=0.05, truncate_rate=0.2, retry_after=0.05)
-    config = EmulatorConfig(complete_after=1.5, fail_attempts=1, faults={"*": storm}, seed=5)
+    # three generations of batches of at least 3 s each: the job outlasts the three interrupted runs
+    config = EmulatorConfig(complete_after=3.0, fail_attempts=2, faults={"*": storm}, seed=5)
     lines = [chat_line(f"r{i:04d}", f"item {i}") for i in range(3000)]
     db = tmp_path / "jobs.db"
     run = ("--db", str(db), *RUN_ARGS, "--max-requests-per-batch", "200", "--ingest-chunk", "50")
