@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3)
     p.add_argument("--job-id", help="choose the job id (default: generated)")
 
-    p = with_db(sub.add_parser("run", help="drive unfinished jobs (or the named ones) to the end, resuming"))
+    p = with_db(sub.add_parser("run", aliases=["wait"],
+                               help="drive unfinished jobs (or the named ones) to the end, resuming; `wait JOB` "
+                                    "is the same for one job"))
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
     p.add_argument("--max-poll-interval", type=float, default=300.0)
@@ -362,6 +364,7 @@ async def _demo(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "submit": _submit,
     "run": _run,
+    "wait": _run,
     "status": _status,
     "list": _list,
     "cancel": _cancel,

@@ -92,3 +92,17 @@ async def test_help_lists_the_commands() -> None:
     for command in ("submit", "run", "status", "list", "cancel", "results", "emulator", "demo"):
         assert command in text
     assert API_KEY not in text
+
+
+async def test_wait_drives_one_job_and_leaves_the_others(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(3)])
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        ids = []
+        for _ in range(2):
+            _, out, _ = await cli("submit", str(path), "--db", str(db), "--base-url", emu.openai_base_url)
+            ids.append(out.strip().splitlines()[-1])
+        code, out, err = await cli("wait", ids[1], "--db", str(db), *FAST)
+        assert code == 0 and f"{ids[1]} done: 3 succeeded" in out, err
+        statuses = [json.loads((await cli("status", i, "--db", str(db), "--json"))[1])["status"] for i in ids]
+        assert statuses == ["open", "done"]
