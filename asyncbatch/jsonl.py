@@ -71,6 +71,14 @@ async def read_chunks(
         yield chunk
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents owner-only (``mkdir(parents=True)`` gives the parents the
+    umask's mode, and the spool's root would be readable by others); returns ``path``."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 class SpoolWriter:
     """Writes a JSONL file atomically: to ``<path>.tmp`` first, renamed into place when complete.
 
@@ -84,7 +92,7 @@ class SpoolWriter:
         self.bytes = 0
 
     async def __aenter__(self) -> SpoolWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._file = os.fdopen(fd, "wb")
         return self

@@ -34,7 +34,7 @@ from .events import (
     watch_job,
 )
 from .failpoints import failpoint
-from .jsonl import SpoolWriter
+from .jsonl import SpoolWriter, private_dir
 from .model import (
     BatchStatus,
     ErrorInfo,
@@ -227,25 +227,26 @@ class BatchManager:
         return await self.store.job_shards(job_id)
 
     async def results(
-        self, job_id: str, *, all_attempts: bool = False, unconsumed: bool = False
+        self, job_id: str, *, all_attempts: bool = False, unconsumed: bool = False, raw_bodies: bool = False
     ) -> AsyncIterator[Result]:
         """Final result of every finished custom_id (or, with ``all_attempts``, every attempt), streamed.
 
         With ``unconsumed=True`` only results not yet acknowledged with ``acknowledge`` are yielded: a worker
-        that is killed and restarted processes each result once.
+        that is killed and restarted processes each result once. With ``raw_bodies=True`` each ``body`` is
+        the stored JSON as ``msgspec.Raw``, not decoded: for writing it out again without a decode/encode.
         """
         job = await self.store.get_job(job_id)
         if all_attempts:
             after = (0, 0)
             while rows := await self.store.attempt_results(job_id, after=after):
                 for row in rows:
-                    yield _to_result(row, job.provider)
+                    yield _to_result(row, job.provider, raw_body=raw_bodies)
                 after = (rows[-1].rid, rows[-1].attempt)
             return
         after_rid = 0
         while rows := await self.store.final_results(job_id, after_rid=after_rid, unconsumed=unconsumed):
             for row in rows:
-                yield _to_result(row, job.provider)
+                yield _to_result(row, job.provider, raw_body=raw_bodies)
             after_rid = rows[-1].rid
 
     async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None:
@@ -597,8 +598,7 @@ class _ShardRunner:
             errors=msgspec.convert(shard.errors, list[BatchError]),
         )
         job = await self.store.get_job(self.job_id, with_counts=False)  # a cancel may have come meanwhile
-        workdir = self.m.spool_dir / shard.job_id / "downloads"
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        workdir = private_dir(self.m.spool_dir / shard.job_id / "downloads")
         retry = self.m.retry
         attempt = 0
         gone = False  # the provider no longer has the results
@@ -694,14 +694,18 @@ def _result_row(rid: int, attempt: int, state: RequestState, line: ResultLine) -
     )
 
 
-def _to_result(row: StoredResult, provider: str) -> Result:
-    body: Any = msgspec.json.decode(row.body) if row.body is not None else None
+def _to_result(row: StoredResult, provider: str, *, raw_body: bool = False) -> Result:
+    body: Any = None
+    if row.body is not None:
+        body = msgspec.Raw(row.body) if raw_body else msgspec.json.decode(row.body)
     error: ErrorInfo | None = None
     if row.state is not RequestState.SUCCEEDED:
         code = row.request_error_code or row.error_code or (f"http_{row.status_code}" if row.status_code else None)
         message = row.request_error_message or row.error_message or ""
-        if not message and isinstance(body, dict) and isinstance(body.get("error"), dict):
-            message = str(body["error"].get("message", ""))
+        if not message and row.body is not None:
+            decoded = msgspec.json.decode(row.body)
+            if isinstance(decoded, dict) and isinstance(decoded.get("error"), dict):
+                message = str(decoded["error"].get("message", ""))
         error = ErrorInfo(code=code or "failed", message=message)
     usage = None
     if row.input_tokens is not None or row.output_tokens is not None:
