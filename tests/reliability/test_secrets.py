@@ -91,7 +91,7 @@ async def test_store_spool_and_download_files_are_owner_only_from_the_first_byte
                                env=cli_env(ASYNCBATCH_FAILPOINTS=point))
             assert killed.code == -9, killed.err
             files = set(files_under(tmp_path)) - set(files_under(tmp_path / "emu", tmp_path / "in.jsonl"))
-            dirs = {p.parent for p in files}
+            dirs = {d for p in files for d in p.parents if tmp_path in d.parents}
             assert_owner_only(files | dirs)
             seen |= files
         assert (await cli("run", "--db", str(db), *RUN_ARGS)).code == 0
