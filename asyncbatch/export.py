@@ -62,12 +62,17 @@ async def write_results(
     fmt: Format = "native",
     all_attempts: bool = False,
 ) -> int:
-    """Write the job's results to ``path`` (atomically, streamed); returns the number of lines."""
+    """Write the job's results to ``path`` (atomically, streamed); returns the number of lines.
+
+    Bodies are spliced in as stored (no decode and re-encode) unless they are translated (Anthropic
+    messages as OpenAI chat completions).
+    """
     encoder = msgspec.json.Encoder()
     count = 0
+    translate = fmt == "openai" and (await manager.status(job_id)).provider == "anthropic"
     async with SpoolWriter(Path(path)) as writer:
         chunk: list[bytes] = []
-        async for result in manager.results(job_id, all_attempts=all_attempts):
+        async for result in manager.results(job_id, all_attempts=all_attempts, raw_bodies=not translate):
             chunk.append(encoder.encode(output_line(result, fmt=fmt)))
             count += 1
             if len(chunk) >= 2000:
