@@ -55,20 +55,6 @@ def native(custom_id: str, text: str, max_tokens: int = 64) -> Request:
     return Request(custom_id=custom_id, url="/v1/messages", body=params)
 
 
-@pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
 async def collect(provider: AnthropicProvider, batch: RemoteBatch, workdir: Path) -> list[ResultLine]:
     return [line async for line in provider.results(batch, workdir)]
 

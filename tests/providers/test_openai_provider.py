@@ -25,20 +25,6 @@ from asyncbatch.providers.openai import TOKEN_KEY, AzureOpenAIProvider, OpenAIPr
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 
 
-@pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
 # --- construction, validation, encoding (no I/O) ---------------------------------------------------------
 
 
