@@ -153,11 +153,10 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Why one request failed: the provider's code and message, and whether we would retry it."""
+    """Why one request failed: the provider's code (or ours: ``results_expired``, ``cancelled``...) and message."""
 
     code: str
     message: str
-    retryable: bool = False
 
 
 class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
