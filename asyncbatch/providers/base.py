@@ -114,8 +114,3 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
-
-
-def describe(provider: Provider) -> dict[str, Any]:
-    """What identifies a provider in the store: its name and base URL. Never its key."""
-    return {"provider": provider.name, "base_url": provider.base_url}
