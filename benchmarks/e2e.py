@@ -70,9 +70,36 @@ CONTENDER_RUNNERS: dict[str, Runner] = {
     "asyncbatch-anthropic": contender_script("asyncbatch_api.py", "anthropic", "--provider", "anthropic"),
     "anthropic-sdk": contender_script("anthropic_sdk.py", "anthropic"),
 }
-# which asyncbatch run each peer is compared with
-BASELINE = {"openai-sdk": "asyncbatch-api", "litellm": "asyncbatch-api", "asyncbatch-cli": "asyncbatch-api",
-            "anthropic-sdk": "asyncbatch-anthropic"}
+# (asyncbatch contender, peer) pairs whose ratios are reported
+PAIRS = [("asyncbatch-api", "openai-sdk"), ("asyncbatch-cli", "openai-sdk"), ("asyncbatch-api", "litellm"),
+         ("asyncbatch-cli", "litellm"), ("asyncbatch-anthropic", "anthropic-sdk")]
+
+
+def report(series: dict[tuple[int, str], Series]) -> str:
+    """Medians per size and contender, then asyncbatch / peer ratios of wall time and peak RSS."""
+    rows = [[n, name, s.median("wall"), s.median("cpu"), s.median("peak_rss_mb"), s.median("emulator_cpu")]
+            for (n, name), s in series.items()]
+    ratios = []
+    for n in sorted({n for n, _ in series}):
+        for ours, peer in PAIRS:
+            if (n, ours) in series and (n, peer) in series:
+                a, b = series[(n, ours)], series[(n, peer)]
+                ratios.append([n, f"{ours} / {peer}", a.median("wall") / b.median("wall"),
+                               a.median("peak_rss_mb") / b.median("peak_rss_mb")])
+    return "\n\n".join((
+        table(rows, ["N", "contender", "wall s", "CPU s", "peak RSS MB", "emulator CPU s"]),
+        table(ratios, ["N", "ratio", "wall", "peak RSS"]),
+    ))
+
+
+def load(path: Path) -> dict[tuple[int, str], Series]:
+    """Series saved by an earlier run (``results/e2e-*.json``), to report them again."""
+    raw = json.loads(path.read_text())
+    series: dict[tuple[int, str], Series] = {}
+    for key, runs in raw.items():
+        n, name = key.split("/")
+        series[(int(n), name)] = Series(name, [Measured(**run) for run in runs])
+    return series
 
 
 def main() -> int:
@@ -80,7 +107,11 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=list(CONTENDER_RUNNERS), default=list(CONTENDER_RUNNERS))
+    parser.add_argument("--report", type=Path, metavar="E2E.json", help="only report the figures of an earlier run")
     args = parser.parse_args()
+    if args.report:
+        print(report(load(args.report)))
+        return 0
     for n in args.sizes:  # inputs are written before any clock starts
         input_file("openai", n)
         input_file("anthropic", n)
@@ -97,15 +128,7 @@ def main() -> int:
                 print(f"round {round_no + 1} n={n} {name}: wall {measured.wall:.2f}s cpu {measured.cpu:.2f}s "
                       f"rss {measured.peak_rss_mb:.0f} MB emulator cpu {measured.emulator_cpu:.2f}s",
                       file=sys.stderr, flush=True)
-    rows = []
-    for (n, name), s in series.items():
-        base = series.get((n, BASELINE.get(name, "")))
-        ratio_wall = f"{base.median('wall') / s.median('wall'):.2f}" if base else ""
-        ratio_rss = f"{base.median('peak_rss_mb') / s.median('peak_rss_mb'):.2f}" if base else ""
-        rows.append([n, name, s.median("wall"), s.median("cpu"), s.median("peak_rss_mb"), s.median("emulator_cpu"),
-                     ratio_wall, ratio_rss])
-    print(table(rows, ["N", "contender", "wall s", "CPU s", "peak RSS MB", "emulator CPU s",
-                       "asyncbatch/peer wall", "asyncbatch/peer RSS"]))
+    print(report(series))
     print(f"raw figures: {save('e2e', {f'{n}/{name}': s.runs for (n, name), s in series.items()})}",
           file=sys.stderr)
     return 0
