@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-poll-interval", type=float, default=300.0)
     p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
-    p.add_argument("--ingest-chunk", type=int, default=2000, help="results committed per transaction")
+    p.add_argument("--ingest-chunk", type=int, help="results committed per transaction (default: the engine's)")
     p.add_argument("--lease-seconds", type=float, default=60.0,
                    help="how long another process waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
@@ -194,10 +194,11 @@ async def _run(args: argparse.Namespace) -> int:
     from .model import JobStatus
     from .progress import follow
 
+    tuning = {"ingest_chunk": args.ingest_chunk} if args.ingest_chunk else {}
     async with _manager(
         args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
         max_requests_per_batch=args.max_requests_per_batch, max_bytes_per_batch=args.max_bytes_per_batch,
-        ingest_chunk=args.ingest_chunk, lease_seconds=args.lease_seconds,
+        lease_seconds=args.lease_seconds, **tuning,
     ) as bm:
         stopped_by: list[str] = []
 
