@@ -234,3 +234,19 @@ async def test_job_cost_is_priced_from_the_store(tmp_path: Path) -> None:
         await detached.cost()
     assert report.unpriced_requests == 1
     assert 0 < report.batch_cost < report.live_cost
+
+
+async def test_raw_bodies_are_the_stored_json_and_decode_to_the_same_results(tmp_path: Path) -> None:
+    lines = [chat_line(f"r{i}", f"text {i}") for i in range(5)] + [chat_line("bad", "[[fail:400]]")]
+    db = tmp_path / "jobs.db"
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
+        job = await bm.submit(lines)
+        await bm.wait(job.id)
+        decoded = {r.custom_id: r async for r in bm.results(job.id)}
+        raw = {r.custom_id: r async for r in bm.results(job.id, raw_bodies=True)}
+        attempts = [r async for r in bm.results(job.id, all_attempts=True, raw_bodies=True)]
+    assert set(raw) == set(decoded) and len(attempts) == 6
+    for custom_id, result in raw.items():
+        assert isinstance(result.body, msgspec.Raw)
+        assert msgspec.json.decode(result.body) == decoded[custom_id].body
+        assert msgspec.structs.replace(result, body=decoded[custom_id].body) == decoded[custom_id]
