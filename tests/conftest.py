@@ -1,22 +1,17 @@
-"""Shared fixtures: a real emulator server on loopback, a real SQLite file, real providers."""
+"""Shared fixtures: a real emulator server on loopback, with its files under the test's tmp_path."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-
-@pytest.fixture
-async def emulator(tmp_path: Path) -> AsyncIterator[Any]:
-    from asyncbatch.emulator import EmulatorConfig, run_emulator
-
-    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emu:
-        yield emu
+from asyncbatch.emulator import Emulator, EmulatorConfig, run_emulator
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
+async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
+    """The emulator with default settings; tests change ``emu.config`` as they need."""
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
+        yield emulator

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
-from asyncbatch.emulator import Emulator, EmulatorConfig, run_emulator
+from asyncbatch.emulator import Emulator
 
 KEY = "sk-emulator-test-key-0123456789"
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
-    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from aiohttp import web
 from anthropic.types import Message
 from openai_support import FAST_RETRY, json_handler, stub_host, write_shard
 
-from asyncbatch.emulator import Emulator, EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.emulator import Emulator, FaultSpec
 from asyncbatch.errors import (
     AuthenticationError,
     ConnectionFailedError,
@@ -398,12 +398,6 @@ async def test_every_result_type_is_normalised(workdir: Path) -> None:
 # --- against the emulator --------------------------------------------------------------------------------
 
 KEY = "sk-ant-emu-0123456789"
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
-    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from openai_support import FAST_RETRY, chat, json_handler, stub_host, write_shard
 
-from asyncbatch.emulator import Emulator, EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.emulator import Emulator, FaultSpec
 from asyncbatch.errors import AuthenticationError, ValidationError
 from asyncbatch.http import RetryPolicy
 from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
@@ -489,12 +489,6 @@ async def test_result_lines_are_normalised(workdir: Path) -> None:
 # --- against the emulator --------------------------------------------------------------------------------
 
 KEY = "sk-emu-key-0123456789"
-
-
-@pytest.fixture
-async def emu(tmp_path: Path) -> AsyncIterator[Emulator]:
-    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emulator") as emulator:
-        yield emulator
 
 
 @pytest.fixture
