@@ -16,9 +16,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import CONTENDERS, PYTHON, WORK, Measured, Series, emulator, input_file, run_child, save, table
-
-ASYNCBATCH = str(Path(PYTHON).parent / "asyncbatch")
+from harness import (
+    CONTENDERS,
+    PYTHON,
+    WORK,
+    Measured,
+    Series,
+    asyncbatch_cli_job,
+    emulator,
+    input_file,
+    run_child,
+    save,
+    table,
+)
 
 Runner = Callable[[int, Path], Measured]
 
@@ -38,19 +48,12 @@ def contender_script(script: str, kind: str, *extra: str) -> Runner:
 
 def asyncbatch_cli(n: int, workdir: Path) -> Measured:
     """(b): ``asyncbatch submit`` + ``run`` + ``results``, three processes; the peak is the largest one's."""
-    db = str(workdir / "jobs.db")
-    with emulator(workdir / "emulator") as emu:
-        submit = run_child([ASYNCBATCH, "submit", "--db", db, "--base-url", emu.openai_base_url,
-                            str(input_file("openai", n))], emu=emu)
-        job_id = submit.stdout.strip()
-        run = run_child([ASYNCBATCH, "run", "--db", db, "--poll-interval", "1", "--no-progress", job_id], emu=emu)
-        out = workdir / "results.jsonl"
-        results = run_child([ASYNCBATCH, "results", "--db", db, job_id, "-o", str(out)], emu=emu)
+    steps, out = asyncbatch_cli_job(n, workdir)
     with out.open("rb") as handle:
         ok = sum(1 for line in handle if b'"status_code":200' in line)
     if ok != n:
         raise RuntimeError(f"asyncbatch-cli: {ok} of {n} results")
-    total = submit.then(run).then(results)
+    total = steps["submit"].then(steps["run"]).then(steps["results"])
     total.stdout = json.dumps({"ok": ok})
     return total
 

@@ -204,3 +204,22 @@ def save(name: str, payload: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=lambda o: o.__dict__))
     return path
+
+
+# --- asyncbatch through its command line ---------------------------------------------------------------
+
+ASYNCBATCH = str(Path(PYTHON).parent / "asyncbatch")
+
+
+def asyncbatch_cli_job(n: int, workdir: Path) -> tuple[dict[str, Measured], Path]:
+    """``asyncbatch submit`` + ``run`` + ``results`` on ``n`` OpenAI requests, each its own measured process
+    against an emulator in another; returns the three measurements and the results file."""
+    db = str(workdir / "jobs.db")
+    out = workdir / "results.jsonl"
+    with emulator(workdir / "emulator") as emu:
+        submit = run_child([ASYNCBATCH, "submit", "--db", db, "--base-url", emu.openai_base_url,
+                            str(input_file("openai", n))], emu=emu)
+        job_id = submit.stdout.strip()
+        run = run_child([ASYNCBATCH, "run", "--db", db, "--poll-interval", "1", "--no-progress", job_id], emu=emu)
+        results = run_child([ASYNCBATCH, "results", "--db", db, job_id, "-o", str(out)], emu=emu)
+    return {"submit": submit, "run": run, "results": results}, out

@@ -14,25 +14,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness import PYTHON, WORK, Measured, emulator, input_file, run_child, save, table
-
-ASYNCBATCH = str(Path(PYTHON).parent / "asyncbatch")
+from harness import WORK, Measured, asyncbatch_cli_job, input_file, save, table
 
 
 def cli_run(n: int, workdir: Path) -> dict[str, Measured]:
-    db = str(workdir / "jobs.db")
-    with emulator(workdir / "emulator") as emu:
-        submit = run_child([ASYNCBATCH, "submit", "--db", db, "--base-url", emu.openai_base_url,
-                            str(input_file("openai", n))], emu=emu)
-        job_id = submit.stdout.strip()
-        run = run_child([ASYNCBATCH, "run", "--db", db, "--poll-interval", "1", "--no-progress", job_id], emu=emu)
-        out = workdir / "results.jsonl"
-        results = run_child([ASYNCBATCH, "results", "--db", db, job_id, "-o", str(out)], emu=emu)
+    steps, out = asyncbatch_cli_job(n, workdir)
     with out.open("rb") as handle:
         lines = sum(1 for _ in handle)
     if lines != n:
         raise RuntimeError(f"{lines} result lines for {n} requests")
-    return {"submit": submit, "run": run, "results": results}
+    return steps
 
 
 def main() -> int:
