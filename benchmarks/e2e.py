@@ -72,10 +72,14 @@ CONTENDER_RUNNERS: dict[str, Runner] = {
     "litellm": contender_script("litellm_batch.py", "openai"),
     "asyncbatch-anthropic": contender_script("asyncbatch_api.py", "anthropic", "--provider", "anthropic"),
     "anthropic-sdk": contender_script("anthropic_sdk.py", "anthropic"),
+    # the least work that keeps asyncbatch's durability: what its targets against the SDKs must be judged by
+    "floor-openai": contender_script("durable_floor.py", "openai", "--kind", "openai"),
+    "floor-anthropic": contender_script("durable_floor.py", "anthropic", "--kind", "anthropic"),
 }
-# (asyncbatch contender, peer) pairs whose ratios are reported
+# (contender, peer) pairs whose ratios are reported
 PAIRS = [("asyncbatch-api", "openai-sdk"), ("asyncbatch-cli", "openai-sdk"), ("asyncbatch-api", "litellm"),
-         ("asyncbatch-cli", "litellm"), ("asyncbatch-anthropic", "anthropic-sdk")]
+         ("asyncbatch-cli", "litellm"), ("asyncbatch-anthropic", "anthropic-sdk"),
+         ("floor-openai", "openai-sdk"), ("floor-anthropic", "anthropic-sdk")]
 
 
 def report(series: dict[tuple[int, str], Series]) -> str:
