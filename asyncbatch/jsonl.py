@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from itertools import count, repeat
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
@@ -17,6 +19,7 @@ from .failpoints import failpoint
 
 BOM = b"\xef\xbb\xbf"
 DEFAULT_MAX_LINE_BYTES = 200 * 1024 * 1024
+READ_BLOCK = 1024 * 1024
 
 
 def iter_lines(
@@ -28,47 +31,94 @@ def iter_lines(
     are errors (they are what breaks a batch hours later); blank lines at the very end are tolerated, and
     so are CRLF line endings (JSON treats ``\\r`` as white space).
     """
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; a generator cannot use `with` across yields cleanly
-    except OSError as exc:
-        raise JSONLError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from exc
-    with handle:
-        blank_at: int | None = None
-        number = 0
-        while True:
-            line = handle.readline(max_line_bytes + 2)
-            if not line:
-                return
-            number += 1
-            if number == 1 and line.startswith(BOM):
-                raise JSONLError("the file starts with a UTF-8 byte order mark; save it as UTF-8 without BOM", line=1)
-            if len(line) > max_line_bytes + 1 or (len(line) > max_line_bytes and not line.endswith(b"\n")):
-                raise JSONLError(f"line is longer than the limit of {max_line_bytes} bytes", line=number)
-            content = line.rstrip(b"\r\n")
-            if not content.strip():
-                blank_at = blank_at or number
-                continue
-            if blank_at is not None:
-                raise JSONLError("blank line inside the file (one JSON object per line, no empty lines)", line=blank_at)
-            yield number, content
+    for block in _line_blocks(path, max_line_bytes):
+        yield from block
 
 
 async def read_chunks(
     path: str | os.PathLike[str], *, chunk_lines: int = 5000, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> AsyncIterator[list[tuple[int, bytes]]]:
-    """The lines of ``path`` in chunks, read in a worker thread."""
-    lines = iter_lines(path, max_line_bytes=max_line_bytes)
+    """The lines of ``path`` in chunks of ``chunk_lines`` (the last may be shorter), read in a worker thread."""
+    blocks = _line_blocks(path, max_line_bytes)
+    ready: list[tuple[int, bytes]] = []
 
     def next_chunk() -> list[tuple[int, bytes]]:
-        chunk: list[tuple[int, bytes]] = []
-        for item in lines:
-            chunk.append(item)
-            if len(chunk) >= chunk_lines:
-                break
+        while len(ready) < chunk_lines and (block := next(blocks, None)) is not None:
+            ready.extend(block)
+        chunk = ready[:chunk_lines]
+        del ready[:chunk_lines]
         return chunk
 
     while chunk := await anyio.to_thread.run_sync(next_chunk):
         yield chunk
+
+
+def _line_blocks(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[list[tuple[int, bytes]]]:
+    """The lines of :func:`iter_lines`, one read block at a time.
+
+    Each block is checked whole by C-level passes (its longest line, any blank line), so numbering is the
+    only per-line work; a block that fails a check is walked line by line to name the offending line.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; a generator cannot use `with` across yields cleanly
+    except OSError as exc:
+        raise JSONLError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from exc
+    with handle:
+        number = 0
+        blank_at: int | None = None
+        for lines in _split_blocks(handle, max_line_bytes):
+            if blank_at is None and max(map(len, lines)) <= max_line_bytes and all(map(bytes.strip, lines)):
+                yield list(zip(count(number + 1), map(bytes.rstrip, lines, repeat(b"\r"))))
+                number += len(lines)
+                continue
+            numbered: list[tuple[int, bytes]] = []
+            for line in lines:
+                number += 1
+                if len(line) > max_line_bytes:
+                    yield numbered
+                    raise _too_long(number, max_line_bytes)
+                content = line.rstrip(b"\r")
+                if not content.strip():
+                    blank_at = blank_at or number
+                    continue
+                if blank_at is not None:
+                    yield numbered
+                    raise JSONLError("blank line inside the file (one JSON object per line, no empty lines)",
+                                     line=blank_at)
+                numbered.append((number, content))
+            yield numbered
+
+
+def _split_blocks(handle: BinaryIO, max_line_bytes: int) -> Iterator[list[bytes]]:
+    """The lines of ``handle`` (without their newline), a non-empty list per block read.
+
+    A line still unfinished past ``max_line_bytes`` is an error at once: an endless line is never held whole.
+    """
+    seen = 0
+    unfinished: list[bytes] = []  # the pieces of a line that has not ended yet
+    unfinished_bytes = 0
+    data = handle.read(max(READ_BLOCK, len(BOM)))  # the first read holds the whole mark, if there is one
+    if data.startswith(BOM):
+        raise JSONLError("the file starts with a UTF-8 byte order mark; save it as UTF-8 without BOM", line=1)
+    while data:
+        if b"\n" in data:
+            lines = (b"".join([*unfinished, data]) if unfinished else data).split(b"\n")
+            last = lines.pop()
+            unfinished, unfinished_bytes = ([last], len(last)) if last else ([], 0)
+            seen += len(lines)
+            yield lines
+        else:
+            unfinished.append(data)
+            unfinished_bytes += len(data)
+        if unfinished_bytes > max_line_bytes:
+            raise _too_long(seen + 1, max_line_bytes)
+        data = handle.read(READ_BLOCK)
+    if unfinished:
+        yield [b"".join(unfinished)]
+
+
+def _too_long(number: int, max_line_bytes: int) -> JSONLError:
+    return JSONLError(f"line is longer than the limit of {max_line_bytes} bytes", line=number)
 
 
 def private_dir(path: Path) -> Path:
