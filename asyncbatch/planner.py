@@ -54,6 +54,7 @@ class Validator:
     def __init__(self, provider: Provider, endpoint: str | None) -> None:
         self.provider = provider
         self.endpoint = endpoint
+        self.max_bytes = provider.limits.max_bytes
 
     def from_line(self, number: int, raw: bytes) -> NewRequest:
         try:
@@ -93,6 +94,7 @@ class Validator:
         return self._validate(number, parsed)
 
     def _validate(self, number: int, line: _InputLine) -> NewRequest:
+        """Runs once per request: the common case (an ASCII custom_id, a valid body) takes no slow path."""
         custom_id = line.custom_id
         if custom_id is None:
             raise ValidationError("custom_id is missing", line=number, field="custom_id")
@@ -103,54 +105,52 @@ class Validator:
                 f"custom_id is longer than {MAX_CUSTOM_ID} characters", line=number, custom_id=custom_id[:40] + "...",
                 field="custom_id",
             )
-        if _CONTROL.search(custom_id):
+        ascii_id = custom_id.isascii()
+        if not (ascii_id and custom_id.isprintable()) and _CONTROL.search(custom_id):
             raise ValidationError("custom_id contains control characters", line=number, custom_id=custom_id,
                                   field="custom_id")
-
-        def fail(message: str, field: str) -> ValidationError:
-            return ValidationError(message, line=number, custom_id=custom_id, field=field)
-
         if line.params:
             if line.body or line.url is not None or line.method is not None:
-                raise fail("a line has either `params` (Anthropic format) or method/url/body (OpenAI format)",
-                           "params")
+                raise _invalid(number, custom_id, "params",
+                               "a line has either `params` (Anthropic format) or method/url/body (OpenAI format)")
             url: str | None = NATIVE_MESSAGES_URL
             raw_body = line.params
         else:
             if line.method is not None and line.method != "POST":
-                raise fail(f"method must be POST, got {line.method!r}", "method")
+                raise _invalid(number, custom_id, "method", f"method must be POST, got {line.method!r}")
             url = line.url if line.url is not None else self.endpoint
             if url is None:
-                raise fail("url is missing (and the job has no endpoint)", "url")
+                raise _invalid(number, custom_id, "url", "url is missing (and the job has no endpoint)")
             if self.endpoint is not None and url != self.endpoint:
-                raise fail(f"url {url!r} does not match the job's endpoint {self.endpoint!r}", "url")
+                raise _invalid(number, custom_id, "url",
+                               f"url {url!r} does not match the job's endpoint {self.endpoint!r}")
             if not line.body:
-                raise fail("body is missing", "body")
+                raise _invalid(number, custom_id, "body", "body is missing")
             raw_body = line.body
         body_bytes = bytes(raw_body)
         try:
             body = msgspec.json.decode(body_bytes)
         except msgspec.DecodeError as exc:
-            raise fail(f"body is not valid JSON: {exc}", "body") from None
+            raise _invalid(number, custom_id, "body", f"body is not valid JSON: {exc}") from None
         except UnicodeDecodeError:
             raise JSONLError(_not_utf8(body_bytes), line=number, custom_id=custom_id, field="body") from None
         except RecursionError:
-            raise fail(_TOO_DEEP, "body") from None
+            raise _invalid(number, custom_id, "body", _TOO_DEEP) from None
         if not isinstance(body, dict):
-            raise fail(f"body must be a JSON object, got {type(body).__name__}", "body")
+            raise _invalid(number, custom_id, "body", f"body must be a JSON object, got {type(body).__name__}")
         assert url is not None
         request = Request(custom_id=custom_id, body=body, url=url)
+        provider = self.provider
         try:
-            self.provider.check(request)
+            provider.check(request)
         except ValidationError as exc:
             raise type(exc)(exc.reason, line=number, custom_id=custom_id, field=exc.field) from None
-        size = len(body_bytes) + len(custom_id.encode()) + len(url) + _LINE_OVERHEAD
-        if size > self.provider.limits.max_bytes:
-            raise fail(f"the request takes {size} bytes; one {self.provider.name} batch holds at most "
-                       f"{self.provider.limits.max_bytes}", "body")
+        size = len(body_bytes) + (len(custom_id) if ascii_id else len(custom_id.encode())) + len(url) + _LINE_OVERHEAD
+        if size > self.max_bytes:
+            raise _invalid(number, custom_id, "body", f"the request takes {size} bytes; one {provider.name} batch "
+                           f"holds at most {self.max_bytes}")
         return NewRequest(
-            custom_id=custom_id, url=url, model=self.provider.model_of(request), body=body_bytes, size=size,
-            line=number,
+            custom_id=custom_id, url=url, model=provider.model_of(request), body=body_bytes, size=size, line=number
         )
 
 
@@ -206,6 +206,10 @@ def _not_utf8(raw: bytes) -> str:
     except UnicodeDecodeError as exc:
         return f"not valid UTF-8: byte {exc.start + 1} is {raw[exc.start:exc.start + 1]!r} ({exc.reason})"
     return "not valid UTF-8"
+
+
+def _invalid(number: int, custom_id: str, field: str, message: str) -> ValidationError:
+    return ValidationError(message, line=number, custom_id=custom_id, field=field)
 
 
 def _field_of(message: str) -> str | None:

@@ -98,3 +98,36 @@ async def test_mixed_endpoints_and_native_lines_are_stored_as_given(tmp_path: Pa
     assert rows[0][:3] == ("c1", "/v1/chat/completions", "gpt-5.4-mini")
     assert b'"x  y"' in rows[0][3]  # the body bytes are stored as given, not re-encoded
     assert rows[1][:3] == ("e1", "/v1/embeddings", "text-embedding-3-small")
+
+
+@pytest.mark.parametrize(
+    ("custom_id", "refused"),
+    [("ascii-id", False), ("café-☕", False), ("line\u2028sep", False), ("tab\there", True), ("é\x7f", True),
+     ("ß\x00", True)],
+)
+async def test_custom_id_control_characters_are_refused_in_any_script(
+    tmp_path: Path, custom_id: str, refused: bool
+) -> None:
+    """ASCII ids skip the control-character regex; other ids still go through it, with the same verdict."""
+    db = tmp_path / "jobs.db"
+    path = write_jsonl(tmp_path / "in.jsonl", [chat_line(custom_id)])
+    async with manager(db) as bm:
+        if refused:
+            with pytest.raises(ValidationError, match="control characters") as info:
+                await bm.submit(path)
+            assert (info.value.line, info.value.field) == (1, "custom_id")
+        else:
+            await bm.submit(path)
+    assert stored_rows(db)[1] == (0 if refused else 1)
+
+
+async def test_request_size_counts_the_custom_id_in_utf8_bytes(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    lines = [chat_line("plain"), chat_line("naïve-☕")]
+    async with manager(db) as bm:
+        await bm.submit(write_jsonl(tmp_path / "in.jsonl", lines))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT custom_id, url, body, size FROM requests ORDER BY rid").fetchall()
+    for custom_id, url, body, size in rows:
+        assert size == len(body) + len(custom_id.encode()) + len(url) + 64
+    assert rows[1][3] - rows[0][3] == len("naïve-☕".encode()) - len("plain")
