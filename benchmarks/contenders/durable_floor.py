@@ -5,16 +5,18 @@
 Every request is committed to SQLite before its batch is created, every result is committed after, and
 every result is read back and decoded; nothing else. No asyncbatch code: aiohttp, msgspec and sqlite3 only.
 
-- Requests: the input JSONL is read in 1 MiB chunks, each line decoded into a minimal Struct (the body kept
-  raw) and inserted with one ``executemany`` in one transaction (WAL, synchronous=NORMAL). No index, no
-  uniqueness check, no per-request state: asyncbatch keeps all three, so the floor only gets lower.
-- Batches: inputs above a provider's per-batch request limit are split by byte offsets recorded while
-  ingesting, so no line is copied. ``openai`` uploads byte ranges of the input file itself (streamed
-  multipart); ``anthropic`` streams ``{"requests":[line,line,...]}`` built by splicing the input lines
-  verbatim (re-read from the file, never held in memory) -- sound because ingesting forbade any field but
-  ``custom_id`` and ``params``. Polls right away, then every second, like the SDK contenders.
-- Results: each output file is streamed to disk, then decoded line by line (the body kept raw) and inserted
-  with one ``executemany`` in one transaction; then read back in rowid order, each body decoded.
+- Requests: the input JSONL is read in 1 MiB chunks, each decoded with ``decode_lines`` into minimal
+  Structs (the body kept raw) and inserted with one ``executemany`` in one transaction (WAL,
+  synchronous=NORMAL). No index, no uniqueness check, no per-request state: asyncbatch keeps all three,
+  so the floor only gets lower.
+- Batches: inputs above a provider's per-batch request limit are split at chunk offsets seen while
+  ingesting, so no line is copied (by request count only: the byte limits are far above these inputs).
+  ``openai`` uploads byte ranges of the input file itself (streamed multipart); ``anthropic`` streams
+  ``{"requests":[line,line,...]}`` built by splicing the input lines verbatim (re-read from the file,
+  never held in memory) -- sound because ingesting forbade any field but ``custom_id`` and ``params``.
+  Polls right away, then every second, like the SDK contenders.
+- Results: each output file is streamed to disk, then decoded the same way (the body kept raw) and
+  inserted with one ``executemany`` in one transaction; then read back in rowid order, each body decoded.
 
 Prints one JSON line: ``ok`` (results with status 200 / type ``succeeded``), ``inner`` seconds, and the
 seconds of each phase: ``ingest``, ``submit``, ``wait``, ``download``, ``store``, ``read``.
@@ -58,19 +60,19 @@ def read_range(path: Path, start: int, end: int) -> Iterator[bytes]:
             yield chunk
 
 
-def read_lines(path: Path, start: int, end: int) -> Iterator[list[bytes]]:
-    """The lines of ``[start, end)``, one list per chunk, newlines dropped; blank lines included."""
+def whole_lines(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``[start, end)`` in pieces of about 1 MiB that end at a line end, each with its offset: what
+    ``Decoder.decode_lines`` takes, so no line is split or decoded one Python call at a time."""
     rest = b""
+    offset = start
     for chunk in read_range(path, start, end):
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        yield lines
+        buffer = rest + chunk
+        if cut := buffer.rfind(b"\n") + 1:
+            yield offset, buffer[:cut]
+            offset += cut
+        rest = buffer[cut:]
     if rest:
-        yield [rest]
-
-
-def blank(line: bytes) -> bool:
-    return not line or line.isspace()
+        yield offset, rest
 
 
 async def stream(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
@@ -264,8 +266,8 @@ class Anthropic(Kind):
         """``{"requests":[...]}`` with the shard's lines spliced in as they are."""
         yield b'{"requests":['
         separator = b""
-        for lines in read_lines(path, shard.start, shard.end):
-            if kept := [line for line in lines if not blank(line)]:
+        for _, piece in whole_lines(path, shard.start, shard.end):
+            if kept := [line for line in piece.split(b"\n") if line and not line.isspace()]:
                 yield separator + b",".join(kept)
                 separator = b","
         yield b"]}"
@@ -297,27 +299,30 @@ def open_db(path: Path, kind: Kind) -> sqlite3.Connection:
 
 
 def ingest(db: sqlite3.Connection, kind: Kind, path: Path) -> tuple[list[Shard], str]:
-    """Commit every request; returns the shards (byte ranges of ``kind.limit`` lines) and the endpoint."""
-    decode = msgspec.json.Decoder(kind.request_type).decode
+    """Commit every request; returns the shards and the endpoint.
+
+    Shards are cut at piece boundaries, so each holds at most ``kind.limit`` requests (a little fewer when
+    the input is above it) and needs no per-line offsets.
+    """
+    decode_lines = msgspec.json.Decoder(kind.request_type).decode_lines
     size = path.stat().st_size
     rows: list[tuple[object, ...]] = []
-    starts = [0]
-    position = 0  # where the next line starts
+    shards: list[Shard] = []
+    start = count = 0  # the current shard's offset and requests
     endpoint = ""
-    for lines in read_lines(path, 0, size):
-        for line in lines:
-            if not blank(line):
-                request = decode(line)
-                if not rows:
-                    endpoint = kind.endpoint(request)
-                elif len(rows) % kind.limit == 0:
-                    starts.append(position)
-                rows.append(kind.request_row(request))
-            position += len(line) + 1
+    for offset, piece in whole_lines(path, 0, size):
+        requests = decode_lines(piece)
+        if count and count + len(requests) > kind.limit:
+            shards.append(Shard(start, offset))
+            start, count = offset, 0
+        if requests and not endpoint:
+            endpoint = kind.endpoint(requests[0])
+        count += len(requests)
+        rows.extend(map(kind.request_row, requests))
     db.execute("BEGIN")
     db.executemany(kind.insert_request, rows)
     db.execute("COMMIT")
-    return [Shard(start, end) for start, end in zip(starts, [*starts[1:], size], strict=True)], endpoint
+    return [*shards, Shard(start, size)], endpoint
 
 
 async def download(session: aiohttp.ClientSession, headers: dict[str, str], url: str, dest: Path) -> Path:
@@ -332,9 +337,9 @@ async def download(session: aiohttp.ClientSession, headers: dict[str, str], url:
 
 def store(db: sqlite3.Connection, kind: Kind, files: Sequence[Path]) -> None:
     """Commit every result line of ``files`` in one transaction (rows decoded as SQLite takes them)."""
-    decode = msgspec.json.Decoder(kind.result_type).decode
-    rows = (kind.result_row(decode(line)) for path in files
-            for lines in read_lines(path, 0, path.stat().st_size) for line in lines if not blank(line))
+    decode_lines = msgspec.json.Decoder(kind.result_type).decode_lines
+    rows = (kind.result_row(result) for path in files
+            for _, piece in whole_lines(path, 0, path.stat().st_size) for result in decode_lines(piece))
     db.execute("BEGIN")
     db.executemany(kind.insert_result, rows)
     db.execute("COMMIT")
