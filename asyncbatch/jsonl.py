@@ -19,7 +19,7 @@ from .failpoints import failpoint
 
 BOM = b"\xef\xbb\xbf"
 DEFAULT_MAX_LINE_BYTES = 200 * 1024 * 1024
-READ_BLOCK = 1024 * 1024
+READ_BLOCK = 64 * 1024  # measured: 64 KiB beats 16 KiB and 1 MiB (cache-sized)
 
 
 def iter_lines(
@@ -102,7 +102,9 @@ def _split_blocks(handle: BinaryIO, max_line_bytes: int) -> Iterator[list[bytes]
         raise JSONLError("the file starts with a UTF-8 byte order mark; save it as UTF-8 without BOM", line=1)
     while data:
         if b"\n" in data:
-            lines = (b"".join([*unfinished, data]) if unfinished else data).split(b"\n")
+            lines = data.split(b"\n")
+            if unfinished:
+                lines[0] = b"".join([*unfinished, lines[0]])
             last = lines.pop()
             unfinished, unfinished_bytes = ([last], len(last)) if last else ([], 0)
             seen += len(lines)
