@@ -335,15 +335,15 @@ class BatchManager:
             self._cancelled.add(job_id)
             await self.store.cancel_pending(job_id)  # retryable failures that came back after the cancel
         elif (limits := await self._plan_limits(job_id, provider)) is not None:
-            for planned in await self.store.plan_shards(job, limits, provider.wire_id):
+            # Each shard is started as soon as it is planned: its upload and batch overlap the planning of
+            # the next, and its results can be ingested while the provider still runs later shards.
+            while planned := await self.store.plan_shard(job, limits, provider.wire_id):
                 if planned.attempt > 1:
                     self.events.publish(RequestsResubmitted(job_id=job_id, shard_id=planned.id,
                                                             count=planned.request_count, attempt=planned.attempt))
                     failpoint("after_resubmit_plan")
-        for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
-            if shard_id not in active:
-                active[shard_id] = job_id
-                tg.start_soon(self._shard_task, job_id, shard_id, active)
+                await self._start_shards(job_id, tg, active)
+        await self._start_shards(job_id, tg, active)
         if job_id in active.values() or await self.store.job_has_live_work(job_id):
             return False
         final = JobStatus.CANCELLED if job.cancel_requested else JobStatus.DONE
@@ -351,6 +351,13 @@ class BatchManager:
         log.info("job %s %s", job_id, final.value)
         self.events.publish(JobFinished(job_id=job_id, status=final, counts=await self.store.counts(job_id)))
         return True
+
+    async def _start_shards(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> None:
+        """Lease the job's live shards that nobody holds and start a task for each."""
+        for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
+            if shard_id not in active:
+                active[shard_id] = job_id
+                tg.start_soon(self._shard_task, job_id, shard_id, active)
 
     async def _plan_limits(self, job_id: str, provider: Provider) -> ShardLimits | None:
         """The limits for planning the job's pending requests now, or None while the job is held.
@@ -399,6 +406,9 @@ async def _non_empty(chunks: AsyncIterator[list[NewRequest]]) -> AsyncIterator[l
         raise ValidationError("the input holds no requests")
 
 
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}  # a dict lookup is 10x cheaper than Outcome(x)
+
+
 def _to_result(row: StoredResult, provider: str, *, raw_body: bool = False) -> Result:
     body: Any = None
     if row.body is not None:
@@ -418,7 +428,7 @@ def _to_result(row: StoredResult, provider: str, *, raw_body: bool = False) -> R
                       cached_input_tokens=row.cached_tokens or 0)
     return Result(
         custom_id=row.custom_id, status=row.state, attempt=row.attempt,
-        outcome=Outcome(row.outcome) if row.outcome else None, status_code=row.status_code, body=body, error=error,
+        outcome=_OUTCOMES[row.outcome] if row.outcome else None, status_code=row.status_code, body=body, error=error,
         usage=usage, model=row.model, batch_id=row.batch_id, request_id=row.request_id, provider=provider,
     )
 

@@ -10,6 +10,14 @@ from typing import Any
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
 
+async def plan_all(store: Any, job: Any, limits: Any, wire_id: Any) -> list[Any]:
+    """Plan every pending request of ``job`` into shards, as the manager does one shard at a time."""
+    planned = []
+    while shard := await store.plan_shard(job, limits, wire_id):
+        planned.append(shard)
+    return planned
+
+
 def chat_line(custom_id: str, text: str = "hello", *, model: str = "gpt-5.4-mini", **body: Any) -> dict[str, Any]:
     """One OpenAI batch input line for /v1/chat/completions."""
     return {

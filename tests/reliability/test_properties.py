@@ -28,7 +28,7 @@ from asyncbatch.providers.anthropic_translate import message_to_chat_completion,
 from asyncbatch.providers.base import ShardLimits
 from asyncbatch.providers.openai import OpenAIProvider
 from asyncbatch.store import NewRequest, SQLiteStore
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, plan_all
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPENAI = OpenAIProvider(api_key=API_KEY, base_url="http://127.0.0.1:9/v1")
@@ -182,11 +182,11 @@ def test_planning_puts_every_request_in_exactly_one_shard_within_the_limits(
                        for i, (url, model, size) in enumerate(requests)]
 
             await store.create_job(job, chunks())
-            shards = await store.plan_shards(job, limits, lambda cid, rid, token: cid)
+            shards = await plan_all(store, job, limits, lambda cid, rid, token: cid)
             members = list(await store.db.execute_fetchall(
                 "SELECT m.shard_id, r.custom_id, r.url, r.model, r.size FROM shard_members m "
                 "JOIN requests r ON r.rid = m.rid"))
-            again = await store.plan_shards(job, limits, lambda cid, rid, token: cid)
+            again = await plan_all(store, job, limits, lambda cid, rid, token: cid)
             assert again == []  # nothing is left pending
             return shards, [tuple(m) for m in members]
         finally:
