@@ -8,12 +8,13 @@ message that leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ log = logging.getLogger("asyncbatch.http")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 CHUNK = 1 << 16
+WRITE_CHUNK = 1 << 20  # downloads are written to disk a MiB at a time
 
 
 class Response(msgspec.Struct, kw_only=True):
@@ -183,39 +185,95 @@ class HttpClient:
         attempt = 0
         while True:
             try:
-                async with self._limiter, self.session.get(self.url(path), headers=headers) as resp:
-                    if resp.status >= 400:
-                        response = Response(status=resp.status, headers=dict(resp.headers),
-                                            body=await resp.read())
-                        error = self.error_for("GET", path, response)
-                        hinted = self._retry_delay(response, attempt)
-                        if hinted is None:
-                            raise error
-                        delay = hinted
-                    else:
-                        size = await self._stream_to(resp, dest)
-                        expected = resp.content_length
-                        if expected is None or size == expected:
-                            return size
-                        error = ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
-                        delay = self.retry.backoff(attempt)
+                async with self._limiter, contextlib.AsyncExitStack() as stack:
+                    resp = await self._get_body(stack, path, headers)
+                    size = await self._stream_to(resp, dest)
+                    expected = resp.content_length
+                    if expected is None or size == expected:
+                        return size
+                    error = ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 error = ConnectionFailedError(self.redact(f"GET {path}: {exc!r}"))
-                delay = self.retry.backoff(attempt)
             if attempt >= self.retry.max_retries:
                 raise error
+            delay = self.retry.backoff(attempt)
             log.debug("retrying download %s in %.2fs after %s", path, delay, error)
+            attempt += 1
+            await anyio.sleep(delay)
+
+    async def lines(self, path: str, *, headers: Mapping[str, str] | None = None) -> AsyncIterator[bytes]:
+        """The lines of a response body (without their newlines), as they arrive: nothing is written to disk
+        and the caller's work overlaps the transfer.
+
+        A body that breaks or ends short raises ``ConnectionFailedError`` (retryable) after the lines that
+        did arrive whole; a cut last line is never yielded. Whatever the caller did with the lines must
+        therefore be safe to do again when it starts over.
+        """
+        async with self._limiter, contextlib.AsyncExitStack() as stack:
+            resp = await self._get_body(stack, path, headers)
+            size = 0
+            partial: list[bytes] = []  # pieces of a line that has not ended yet (a long line is joined once)
+            try:
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    end = chunk.rfind(b"\n")
+                    if end < 0:
+                        partial.append(chunk)
+                        continue
+                    complete = b"".join((*partial, chunk[:end])) if partial else chunk[:end]
+                    partial = [chunk[end + 1:]]
+                    for line in complete.split(b"\n"):
+                        yield line
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                raise ConnectionFailedError(self.redact(f"GET {path}: {exc!r}")) from None
+            expected = resp.content_length
+            if expected is not None and size != expected:
+                raise ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
+            if last := b"".join(partial):
+                yield last
+
+    async def _get_body(
+        self, stack: contextlib.AsyncExitStack, path: str, headers: Mapping[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        """A successful GET whose body is still to be read (closed with ``stack``). Error answers and failed
+        connections are retried as for ``request``; nothing of a body has been handed out before that."""
+        attempt = 0
+        while True:
+            try:
+                resp = await stack.enter_async_context(self.session.get(self.url(path), headers=headers))
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                error: ProviderError = ConnectionFailedError(self.redact(f"GET {path}: {exc!r}"))
+                delay = self.retry.backoff(attempt)
+            else:
+                if resp.status < 400:
+                    return resp
+                response = Response(status=resp.status, headers=dict(resp.headers), body=await resp.read())
+                error = self.error_for("GET", path, response)
+                hinted = self._retry_delay(response, attempt)
+                if hinted is None:
+                    raise error
+                delay = hinted
+            if attempt >= self.retry.max_retries:
+                raise error
+            log.debug("retrying GET %s in %.2fs after %s", path, delay, error)
             attempt += 1
             await anyio.sleep(delay)
 
     @staticmethod
     async def _stream_to(resp: aiohttp.ClientResponse, dest: Path) -> int:
+        """Write the body to ``dest`` in writes of about ``WRITE_CHUNK`` (each one is a worker-thread call)."""
         size = 0
+        buffer = bytearray()
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # response bodies: the owner's alone
         async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                await out.write(chunk)
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
                 size += len(chunk)
+                if len(buffer) >= WRITE_CHUNK:
+                    await out.write(bytes(buffer))
+                    buffer.clear()
+            if buffer:
+                await out.write(bytes(buffer))
         return size
 
     # --- errors ------------------------------------------------------------------------------------------

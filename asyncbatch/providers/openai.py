@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -70,7 +70,6 @@ FIND_PAGE = "100"
 _MB = 1024 * 1024
 #: Planner headroom under the 200 MB input cap: the provider's own byte count may differ a little from ours.
 BYTES_MARGIN = 2 * _MB
-READ_CHUNK = _MB
 
 
 # --- wire structs ----------------------------------------------------------------------------------------
@@ -441,26 +440,18 @@ class OpenAIProvider(HttpProvider):
         return self._normalise(msgspec.json.decode(response.body, type=_Batch))
 
     async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncGenerator[ResultLine, None]:
-        """Download the output and error files, then yield their lines; the files are deleted afterwards,
-        also when the caller stops early."""
+        """The lines of the output file, then of the error file, decoded as they are downloaded (nothing is
+        written to ``workdir``). A transfer cut short raises a retryable error: the engine starts over, and
+        ingesting a line twice is harmless."""
         http = self._client()
-        paths: list[Path] = []
-        try:
-            for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id:
-                    dest = workdir / f"{batch.id}-{file_id}.jsonl"
-                    paths.append(dest)
-                    await http.download(
-                        self._path(f"/files/{file_id}/content"),
-                        dest,
-                        headers={"Accept": "application/binary"},
-                    )
-            for path in paths:
-                async for number, line in _read_lines(path):
-                    yield self._result_line(path, number, line)
-        finally:
-            for path in paths:
-                path.unlink(missing_ok=True)
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                number = 0
+                async for line in http.lines(self._path(f"/files/{file_id}/content"),
+                                             headers={"Accept": "application/binary"}):
+                    number += 1
+                    if line.strip():
+                        yield self._result_line(file_id, number, line)
 
     # --- normalisation -----------------------------------------------------------------------------------
 
@@ -485,11 +476,11 @@ class OpenAIProvider(HttpProvider):
             or status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
         )
 
-    def _result_line(self, path: Path, number: int, raw: bytes) -> ResultLine:
+    def _result_line(self, file_id: str, number: int, raw: bytes) -> ResultLine:
         try:
             line = _output_line.decode(raw)
         except msgspec.DecodeError as exc:
-            raise ProviderError(f"{self.name} result file {path.name}, line {number}: {exc}") from None
+            raise ProviderError(f"{self.name} result file {file_id}, line {number}: {exc}") from None
         response = line.response
         if response is None:
             code = line.error.code if line.error else None
@@ -535,22 +526,6 @@ def _error_code(error: _BodyError | None) -> str | None:
         return None
     code = error.code if error.code is not None else error.type
     return str(code) if code is not None else None
-
-
-async def _read_lines(path: Path) -> AsyncIterator[tuple[int, bytes]]:
-    """Non-blank lines with their 1-based numbers, read in chunks so memory stays flat."""
-    number = 0
-    rest = b""
-    async with await anyio.open_file(path, "rb") as handle:
-        while chunk := await handle.read(READ_CHUNK):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                number += 1
-                if line.strip():
-                    yield number, line
-    if rest.strip():
-        yield number + 1, rest
 
 
 class AzureOpenAIProvider(OpenAIProvider):

@@ -16,7 +16,7 @@ from aiohttp import web
 from openai_support import FAST_RETRY, chat, json_handler, stub_host, write_shard
 
 from asyncbatch.emulator import Emulator, FaultSpec
-from asyncbatch.errors import AuthenticationError, ValidationError
+from asyncbatch.errors import AuthenticationError, ConnectionFailedError, ValidationError
 from asyncbatch.http import RetryPolicy
 from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
@@ -353,8 +353,8 @@ async def test_find_stops_paging_at_the_horizon(spool_dir: Path) -> None:
         assert [s.query.get("after") for s in host.seen] == [None, "batch_049"]
 
 
-async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, workdir: Path) -> None:
-    """A 20 MB output file is decoded with a few MB of peak memory; an early close still deletes it."""
+async def test_results_memory_stays_flat_and_nothing_is_written(tmp_path: Path, workdir: Path) -> None:
+    """A 20 MB output file is decoded as it streams in, with a few MB of peak memory and no file on disk."""
     import tracemalloc
 
     big = tmp_path / "out.jsonl"
@@ -395,9 +395,8 @@ async def test_results_memory_stays_flat_and_files_are_removed(tmp_path: Path, w
 
         stream = provider.results(batch, workdir)
         first = await anext(stream)
-        assert first.wire_id == "c0" and len(_listdir(workdir)) == 1
+        assert first.wire_id == "c0" and _listdir(workdir) == []
         await stream.aclose()
-        assert _listdir(workdir) == []
 
 
 async def test_result_lines_are_normalised(workdir: Path) -> None:
@@ -688,14 +687,22 @@ async def test_dropped_connections(
     }
 
 
-async def test_truncated_downloads_are_retried(
+async def test_a_cut_download_ends_in_a_retryable_error_after_whole_lines_only(
     emu: Emulator, provider: OpenAIProvider, spool_dir: Path, workdir: Path
 ) -> None:
+    """Results are decoded as they stream in, so a body cut short cannot be retried behind the caller's
+    back: it yields only the lines that arrived whole, then a retryable error (the engine starts over)."""
     batch = await _run(provider, write_shard(provider, spool_dir, MIXED))
     clean = await _collect(provider, batch, workdir)
-    emu.config.faults = {"files_content": FaultSpec(truncate_rate=1.0, max_faults=3)}
-    assert await _collect(provider, batch, workdir) == clean
-    assert [f.kind for f in emu.ledger.faults] == ["truncate"] * 3
+    emu.config.faults = {"files_content": FaultSpec(truncate_rate=1.0, max_faults=1)}
+    received: list[ResultLine] = []
+    with pytest.raises(ConnectionFailedError) as info:
+        async for line in provider.results(batch, workdir):
+            received.append(line)
+    assert info.value.retryable and "/content" in str(info.value)
+    assert len(received) < len(clean) and all(clean[line.wire_id] == line for line in received)
+    assert [f.kind for f in emu.ledger.faults] == ["truncate"]
+    assert await _collect(provider, batch, workdir) == clean  # the next attempt reads everything
 
 
 async def test_wrong_key_never_leaks(

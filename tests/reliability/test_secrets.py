@@ -80,7 +80,8 @@ async def test_a_full_run_with_faults_leaves_the_key_nowhere(tmp_path: Path, pro
 
 
 async def test_store_spool_and_download_files_are_owner_only_from_the_first_byte(tmp_path: Path) -> None:
-    """The spool (request bodies) and downloads (response bodies) as a SIGKILL leaves them mid-way."""
+    """The spool (request bodies) as a SIGKILL leaves it mid-way; response bodies go from the wire to the store
+    and never touch another file."""
     db = tmp_path / "jobs.db"
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
         source = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(1500)])
@@ -97,7 +98,7 @@ async def test_store_spool_and_download_files_are_owner_only_from_the_first_byte
         assert (await cli("run", "--db", str(db), *RUN_ARGS)).code == 0
     names = {p.name for p in seen}
     assert {"jobs.db", "jobs.db-wal", "jobs.db-shm"} <= names
-    assert any(p.parent.name == "downloads" for p in seen), "no download was caught mid-way"
+    assert not any(p.parent.name == "downloads" for p in seen), "a response body was written outside the store"
     assert any(p.name.startswith("shard-") for p in seen), "no spool file was caught"
 
 
