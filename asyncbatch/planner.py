@@ -2,7 +2,7 @@
 
 Every request is checked here (shape, custom_id, method, url, body, then the provider's own rules) and
 turned into a ``NewRequest`` carrying its raw body bytes: the body is stored as given, never re-encoded.
-Sharding itself happens in the store (``plan_shards``), where the pending requests are.
+Sharding itself happens in the store (``plan_shard``), where the pending requests are.
 """
 
 from __future__ import annotations
