@@ -41,6 +41,7 @@ than one rejected before anything is stored. The rules:
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -224,6 +225,10 @@ _NEUTRAL: dict[str, tuple[object, ...]] = {
     "modalities": (["text"],),
 }
 
+#: The _NEUTRAL fields in one C call; most requests give none of them.
+_neutral_values = operator.attrgetter(*_NEUTRAL)
+_NONE_GIVEN = (None,) * len(_NEUTRAL)
+
 _chat_decoder = msgspec.json.Decoder(_ChatBody)
 
 
@@ -311,12 +316,12 @@ def to_messages_params(body: Mapping[str, Any], *, default_max_tokens: int = 409
 def translate(body: Mapping[str, Any] | bytes, *, default_max_tokens: int = 4096) -> MessagesParams:
     """Translate a chat body given as a mapping or as its JSON bytes (decoded straight into Structs)."""
     chat = _load(body)
-    for name, allowed in _NEUTRAL.items():
-        value = getattr(chat, name)
-        if value is not None and value not in allowed:
-            raise UnsupportedFeatureError(
-                f"{name}={value!r} has no Anthropic equivalent", field=f"body.{name}"
-            )
+    if (values := _neutral_values(chat)) != _NONE_GIVEN:
+        for (name, allowed), value in zip(_NEUTRAL.items(), values, strict=True):
+            if value is not None and value not in allowed:
+                raise UnsupportedFeatureError(
+                    f"{name}={value!r} has no Anthropic equivalent", field=f"body.{name}"
+                )
     if chat.temperature is not None and chat.temperature > 1:
         raise UnsupportedFeatureError(
             "Anthropic's temperature range is 0-1; OpenAI's 1-2 has no equivalent", field="body.temperature"
@@ -391,17 +396,21 @@ def _system(texts: list[str]) -> str | list[TextBlock] | UnsetType:
 
 
 def _conversation(messages: Sequence[_AnyMessage]) -> tuple[list[str], list[Turn]]:
-    """System texts, and the other messages as alternating turns (same-role neighbours merged)."""
+    """System texts, and the other messages as alternating turns (same-role neighbours merged).
+
+    Runs for every chat request twice (checked at submit, translated into the spool), so error paths
+    (``body.messages[i]...``) are only spelled out when an error is raised."""
     system: list[str] = []
     turns: list[tuple[Role, list[Block]]] = []
     for i, message in enumerate(messages):
-        at = f"body.messages[{i}]"
         if isinstance(message, _SystemMessage):
-            system.extend(block.text for block in _text_blocks(message.content))
+            system += _texts(message.content)
             continue
-        role, blocks = _turn(message, at)
+        role, blocks = _turn(message, i)
         if not blocks:
-            raise ValidationError("Anthropic needs non-blank content in every message", field=f"{at}.content")
+            raise ValidationError(
+                "Anthropic needs non-blank content in every message", field=f"body.messages[{i}].content"
+            )
         if turns and turns[-1][0] == role:
             turns[-1][1].extend(blocks)
         else:
@@ -419,40 +428,47 @@ def _collapse(blocks: list[Block]) -> str | list[Block]:
     return blocks[0].text if len(blocks) == 1 and isinstance(blocks[0], TextBlock) else blocks
 
 
-def _turn(message: _AnyMessage, at: str) -> tuple[Role, list[Block]]:
+def _turn(message: _AnyMessage, i: int) -> tuple[Role, list[Block]]:
     if isinstance(message, _UserMessage):
-        return "user", _content_blocks(message.content, at)
+        return "user", _content_blocks(message.content, i)
     if isinstance(message, _AssistantMessage):
-        blocks: list[Block] = [*_text_blocks(message.content)]
+        blocks: list[Block] = [TextBlock(text=text) for text in _texts(message.content)]
         blocks += [
-            _tool_use(call, f"{at}.tool_calls[{j}]") for j, call in enumerate(message.tool_calls or ())
+            _tool_use(call, f"body.messages[{i}].tool_calls[{j}]") for j, call in enumerate(message.tool_calls or ())
         ]
         return "assistant", blocks
     assert isinstance(message, _ToolMessage)
-    results = _text_blocks(message.content)
+    texts = _texts(message.content)
     content: str | list[TextBlock] | UnsetType = UNSET
-    if results:
-        content = results[0].text if isinstance(message.content, str) else results
-    tool_use_id = _tool_id(message.tool_call_id, f"{at}.tool_call_id")
+    if texts:
+        content = texts[0] if isinstance(message.content, str) else [TextBlock(text=text) for text in texts]
+    tool_use_id = _tool_id(message.tool_call_id, f"body.messages[{i}].tool_call_id")
     return "user", [ToolResultBlock(tool_use_id=tool_use_id, content=content)]
 
 
-def _text_blocks(content: str | Sequence[_TextPart] | None) -> list[TextBlock]:
+def _texts(content: str | Sequence[_TextPart] | None) -> list[str]:
+    """The non-blank texts of a content (Claude rejects blank text blocks)."""
     if content is None:
         return []
-    texts = [content] if isinstance(content, str) else [part.text for part in content]
-    return [TextBlock(text=text) for text in texts if text.strip()]
-
-
-def _content_blocks(content: str | Sequence[_TextPart | _ImagePart], at: str) -> list[Block]:
     if isinstance(content, str):
-        return [*_text_blocks(content)]
+        return [content] if _non_blank(content) else []
+    return [part.text for part in content if _non_blank(part.text)]
+
+
+def _non_blank(text: str) -> bool:
+    """``text.strip() != ""`` without building the stripped copy (the same white space as ``str.strip``)."""
+    return bool(text) and not text.isspace()
+
+
+def _content_blocks(content: str | Sequence[_TextPart | _ImagePart], i: int) -> list[Block]:
+    if isinstance(content, str):
+        return [TextBlock(text=text) for text in _texts(content)]
     blocks: list[Block] = []
     for j, part in enumerate(content):
         if isinstance(part, _ImagePart):
-            blocks.append(_image(part.image_url.url, f"{at}.content[{j}].image_url.url"))
-        else:
-            blocks.extend(_text_blocks(part.text))
+            blocks.append(_image(part.image_url.url, f"body.messages[{i}].content[{j}].image_url.url"))
+        elif _non_blank(part.text):
+            blocks.append(TextBlock(text=part.text))
     return blocks
 
 
@@ -489,6 +505,8 @@ def _tool_use(call: _ToolCall, at: str) -> ToolUseBlock:
 
 def _tools(chat: _ChatBody) -> tuple[list[ToolDef], ToolChoice | None]:
     """Tools and tool_choice, with the json_schema tool folded in and parallel calls applied."""
+    if not chat.tools and chat.tool_choice is None and not isinstance(chat.response_format, _JsonSchemaFormat):
+        return [], None  # most requests: nothing to build
     tools = [
         ToolDef(
             name=tool.function.name,

@@ -246,6 +246,28 @@ def test_final_assistant_turn_is_a_prefill_without_trailing_whitespace() -> None
     assert result["messages"][-1] == {"role": "assistant", "content": "{"}
 
 
+# Blank means what str.strip() removes: Unicode spaces and separators count, a zero-width space does not.
+@pytest.mark.parametrize("blank", ["", " \t\r\n", "\u00a0\u3000", "\x1c\x1f\x85", "\u2028\u2029"])
+def test_blank_texts_are_dropped_wherever_they_stand(blank: str) -> None:
+    result = params(
+        {"role": "system", "content": blank},
+        user([{"type": "text", "text": blank}, {"type": "text", "text": "Hi"}]),
+        assistant([{"type": "text", "text": blank}], tool_calls=[call("call_1", "f", "{}")]),
+        {"role": "tool", "tool_call_id": "call_1", "content": blank},
+        tools=[function_tool("f")],
+    )
+    assert "system" not in result
+    assert result["messages"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1"}]},
+    ]
+    with pytest.raises(ValidationError) as caught:
+        translate(chat_body(user("Hi"), assistant("ok"), user(blank)))
+    assert caught.value.field == "body.messages[2].content"
+    assert params(user("\u200b"))["messages"] == [{"role": "user", "content": "\u200b"}]
+
+
 def test_json_object_adds_a_system_instruction() -> None:
     assert params(response_format={"type": "json_object"})["system"] == JSON_OBJECT_INSTRUCTION
     with_system = params(
@@ -415,6 +437,15 @@ INVALID = ValidationError
             chat_body(user([{"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}])),
             UNSUPPORTED,
             "body.messages[0].content[0].image_url.url",
+        ),
+        (
+            chat_body(
+                user("x"),
+                assistant("y"),
+                user([{"type": "text", "text": "z"}, {"type": "image_url", "image_url": {"url": "ftp://a/b.png"}}]),
+            ),
+            UNSUPPORTED,
+            "body.messages[2].content[1].image_url.url",
         ),
         (chat_body({"role": "user", "content": "x", "name": "bob"}), UNSUPPORTED, "body.messages[0].name"),
         (chat_body(user("x"), assistant(None, refusal="No.")), UNSUPPORTED, "body.messages[1].refusal"),
