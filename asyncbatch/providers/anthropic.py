@@ -48,8 +48,8 @@ DEFAULT_LIMITS = ShardLimits(max_requests=100_000, max_bytes=MAX_BYTES)
 #: find() looks this far before the shard entered ``creating`` (clock skew between us and Anthropic).
 FIND_MARGIN = 600.0
 FIND_PAGE = "100"
-#: Lines per chunk read from the spool file while streaming a create body.
-BODY_CHUNK_LINES = 1000
+#: Bytes per block read from the spool file while streaming a create body.
+BODY_BLOCK = 1 << 20
 
 ERROR_STATUS = {
     "invalid_request_error": 400,
@@ -397,13 +397,19 @@ def _shard_prefix(token: str) -> str:
 
 
 async def _requests_body(spool: Path) -> AsyncIterator[bytes]:
-    """``{"requests":[...]}`` from the spool file (one request per line), a chunk of lines at a time."""
+    """``{"requests":[...]}`` from the spool file, a block of bytes at a time.
+
+    The spool holds one JSON object per line (compact JSON has no raw newline) and ends with a newline, so
+    turning every newline but that last one into a comma makes the array: no line is split out or joined.
+    """
     yield b'{"requests":['
-    separator = b""
-    async for chunk in read_chunks(spool, chunk_lines=BODY_CHUNK_LINES):
-        yield separator + b",".join(line for _, line in chunk)
-        separator = b","
-    yield b"]}"
+    held = b""  # the last byte read so far: the final newline must not become a comma
+    async with await anyio.open_file(spool, "rb") as source:
+        while block := await source.read(BODY_BLOCK):
+            data = held + block
+            held = data[-1:]
+            yield data[:-1].replace(b"\n", b",")
+    yield held.rstrip(b"\n") + b"]}"
 
 
 def _decode(response: Response, type_: type[T]) -> T:
