@@ -6,16 +6,11 @@ import re
 from functools import cache
 from importlib import resources
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 
 
 def schema() -> str:
     return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
-
-
-def migration(version: int) -> str:
-    """The script that takes a store from ``version - 1`` to ``version`` (before schema.sql is applied)."""
-    return resources.files(__package__).joinpath(f"migrate_{version}.sql").read_text(encoding="utf-8")
 
 
 @cache

@@ -142,10 +142,10 @@ WHERE shard_id = ? AND wire_id IN (SELECT value FROM json_each(?));
 -- name: upsert_result
 -- Parameters: a ResultRow's fields in order (?1 rid .. ?14 line_id; ?4, the request state, is for
 -- settle_request), then ?15 the shard id.
-INSERT INTO results (id, rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
+INSERT INTO results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
                      input_tokens, output_tokens, cached_tokens, model, request_id, line_id)
-VALUES ((?1 << 16) | ?2, ?1, ?2, ?15, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-ON CONFLICT (id) DO UPDATE SET
+VALUES (?1, ?2, ?15, ?3, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT (rid, attempt) DO UPDATE SET
     shard_id = excluded.shard_id, outcome = excluded.outcome, status_code = excluded.status_code,
     body = excluded.body, error_code = excluded.error_code, error_message = excluded.error_message,
     input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
@@ -201,21 +201,20 @@ SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
        s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
        s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
 FROM requests r
-LEFT JOIN results s ON s.id = (r.rid << 16) | r.attempts
+LEFT JOIN results s ON s.rid = r.rid AND s.attempt = r.attempts
 LEFT JOIN shards sh ON sh.id = s.shard_id
 WHERE r.job_id = ? AND +r.state IN ('succeeded', 'failed', 'cancelled') AND r.rid > ? AND r.consumed <= ?
 ORDER BY r.rid LIMIT ?;
 
 -- name: all_attempt_results
--- Every attempt of a request lies in the id range of its rid (ids are rid << 16 | attempt).
 SELECT r.rid, r.custom_id, r.state, s.attempt, r.error_code, r.error_message,
        s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
        s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
 FROM requests r
-JOIN results s ON s.id BETWEEN r.rid << 16 AND (r.rid << 16) | 65535
+JOIN results s ON s.rid = r.rid
 LEFT JOIN shards sh ON sh.id = s.shard_id
-WHERE r.job_id = ?1 AND r.rid >= ?2 AND s.id > (?2 << 16) | ?3
-ORDER BY r.rid, s.id LIMIT ?4;
+WHERE r.job_id = ? AND (r.rid, s.attempt) > (?, ?)
+ORDER BY r.rid, s.attempt LIMIT ?;
 
 -- name: orphans
 SELECT o.shard_id, o.wire_id, o.line FROM orphan_results o JOIN shards s ON s.id = o.shard_id

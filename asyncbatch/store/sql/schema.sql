@@ -1,4 +1,4 @@
--- asyncbatch job store, schema version 2 (PRAGMA user_version); migrate_N.sql takes a store from N-1 to N.
+-- asyncbatch job store, schema version 1 (PRAGMA user_version).
 -- Every state change is one short transaction; see design.md, "Invariants that make resume safe".
 
 CREATE TABLE IF NOT EXISTS jobs (
@@ -82,11 +82,7 @@ CREATE TABLE IF NOT EXISTS shard_members (
 ) WITHOUT ROWID;
 
 -- One row per (request, attempt): upserted, so re-ingesting after a crash is harmless (invariant 4).
--- id = rid << 16 | attempt (attempts stay far below 65,536): the row of a request's attempt is one seek in the
--- table itself, and rows are appended in request order. A (rid, attempt) index would cost a second B-tree per
--- insert and a second seek per result read back.
 CREATE TABLE IF NOT EXISTS results (
-    id            INTEGER PRIMARY KEY,
     rid           INTEGER NOT NULL,
     attempt       INTEGER NOT NULL,
     shard_id      INTEGER NOT NULL,
@@ -100,7 +96,8 @@ CREATE TABLE IF NOT EXISTS results (
     cached_tokens INTEGER,
     model         TEXT,
     request_id    TEXT,
-    line_id       TEXT
+    line_id       TEXT,
+    PRIMARY KEY (rid, attempt)
 );
 
 -- Result lines whose custom_id the shard does not know: kept and reported, never dropped.
