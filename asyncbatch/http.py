@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
-import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -36,7 +34,6 @@ log = logging.getLogger("asyncbatch.http")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 CHUNK = 1 << 16
-WRITE_CHUNK = 1 << 20  # downloads are written to disk a MiB at a time
 
 
 class Response(msgspec.Struct, kw_only=True):
@@ -180,34 +177,14 @@ class HttpClient:
             attempt += 1
             await anyio.sleep(delay)
 
-    async def download(self, path: str, dest: Path, *, headers: Mapping[str, str] | None = None) -> int:
-        """Stream a response body to ``dest``; a short or broken body is retried from scratch."""
-        attempt = 0
-        while True:
-            try:
-                async with self._limiter, contextlib.AsyncExitStack() as stack:
-                    resp = await self._get_body(stack, path, headers)
-                    size = await self._stream_to(resp, dest)
-                    expected = resp.content_length
-                    if expected is None or size == expected:
-                        return size
-                    error = ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                error = ConnectionFailedError(self.redact(f"GET {path}: {exc!r}"))
-            if attempt >= self.retry.max_retries:
-                raise error
-            delay = self.retry.backoff(attempt)
-            log.debug("retrying download %s in %.2fs after %s", path, delay, error)
-            attempt += 1
-            await anyio.sleep(delay)
-
-    async def lines(self, path: str, *, headers: Mapping[str, str] | None = None) -> AsyncIterator[bytes]:
+    async def lines(self, path: str, *, headers: Mapping[str, str] | None = None) -> AsyncGenerator[bytes, None]:
         """The lines of a response body (without their newlines), as they arrive: nothing is written to disk
         and the caller's work overlaps the transfer.
 
         A body that breaks or ends short raises ``ConnectionFailedError`` (retryable) after the lines that
         did arrive whole; a cut last line is never yielded. Whatever the caller did with the lines must
-        therefore be safe to do again when it starts over.
+        therefore be safe to do again when it starts over. Close it in the task that iterates it
+        (``contextlib.aclosing``): it holds a response and one of the client's connection slots.
         """
         async with self._limiter, contextlib.AsyncExitStack() as stack:
             resp = await self._get_body(stack, path, headers)
@@ -258,23 +235,6 @@ class HttpClient:
             log.debug("retrying GET %s in %.2fs after %s", path, delay, error)
             attempt += 1
             await anyio.sleep(delay)
-
-    @staticmethod
-    async def _stream_to(resp: aiohttp.ClientResponse, dest: Path) -> int:
-        """Write the body to ``dest`` in writes of about ``WRITE_CHUNK`` (each one is a worker-thread call)."""
-        size = 0
-        buffer = bytearray()
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # response bodies: the owner's alone
-        async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                size += len(chunk)
-                if len(buffer) >= WRITE_CHUNK:
-                    await out.write(bytes(buffer))
-                    buffer.clear()
-            if buffer:
-                await out.write(bytes(buffer))
-        return size
 
     # --- errors ------------------------------------------------------------------------------------------
 

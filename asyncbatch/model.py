@@ -140,7 +140,7 @@ class RequestCounts(msgspec.Struct, kw_only=True):
 Mapping.register(RequestCounts)
 
 
-class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Token usage of one result, provider-neutral."""
 
     input_tokens: int = 0

@@ -35,7 +35,7 @@ RequestSource = str | os.PathLike[str] | Iterable[Request | Mapping[str, Any]] |
 ]
 
 
-class _InputLine(msgspec.Struct, forbid_unknown_fields=True):
+class _InputLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One input line: an OpenAI batch line, or a native Anthropic ``{custom_id, params}`` line."""
 
     custom_id: str | None = None

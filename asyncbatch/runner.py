@@ -8,6 +8,7 @@ are upserted, so ingesting again is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -243,22 +244,26 @@ class ShardRunner:
         gone = False  # the provider no longer has the results
         while True:
             seen: set[int] = set()  # rids that have a result line
+            made_ok: list[int] = []  # rids the results made succeed: settled with the shard's last chunk
             rows: list[ResultRow] = []
             orphans: list[tuple[str, bytes]] = []
             lines: list[ResultLine] = []
             lookup = min(_LOOKUP_LINES, self.m.ingest_chunk)
             try:
-                async for line in provider.results(remote, workdir):
-                    lines.append(line)
-                    if len(lines) >= lookup:
-                        await self._add_rows(shard.id, job, lines, seen, rows, orphans)
-                        lines = []
-                    if len(rows) >= self.m.ingest_chunk:
-                        await self.store.ingest(shard.id, self.owner, rows, orphans)
-                        failpoint("mid_ingest")
-                        rows, orphans = [], []
-                        await self._renew()
-                await self._add_rows(shard.id, job, lines, seen, rows, orphans)
+                # closed in this task when it is cancelled (a stopped run), not later by the garbage collector
+                # in another one, where the provider's open response and HTTP slot cannot be given back
+                async with contextlib.aclosing(provider.results(remote, workdir)) as stream:
+                    async for line in stream:
+                        lines.append(line)
+                        if len(lines) >= lookup:
+                            await self._add_rows(shard.id, job, lines, seen, made_ok, rows, orphans)
+                            lines = []
+                        if len(rows) >= self.m.ingest_chunk:
+                            await self.store.ingest(shard.id, self.owner, rows, orphans)
+                            failpoint("mid_ingest")
+                            rows, orphans = [], []
+                            await self._renew()
+                await self._add_rows(shard.id, job, lines, seen, made_ok, rows, orphans)
                 break
             except (NotFoundError, BadRequestError) as exc:  # 404, or Anthropic's 410 for archived results
                 if exc.status not in (404, 410):
@@ -276,7 +281,7 @@ class ShardRunner:
         elif retry.over_capacity(remote) and shard.request_count > 1:
             finish = msgspec.structs.replace(finish, refund=True)  # nothing ran; a smaller batch may fit
         failpoint("before_finish")
-        await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish)
+        await self.store.ingest(shard.id, self.owner, rows, orphans, finish=finish, succeeded=made_ok)
         if orphans:
             log.warning("shard %s: %d result lines for unknown custom_ids kept aside", shard.id, len(orphans))
         succeeded, failed, again = await self.store.shard_tally(shard.id)
@@ -285,12 +290,12 @@ class ShardRunner:
 
 
     async def _add_rows(
-        self, shard_id: int, job: Job, lines: list[ResultLine], seen: set[int], rows: list[ResultRow],
-        orphans: list[tuple[str, bytes]],
+        self, shard_id: int, job: Job, lines: list[ResultLine], seen: set[int], succeeded: list[int],
+        rows: list[ResultRow], orphans: list[tuple[str, bytes]],
     ) -> None:
-        """Turn a few result lines into result rows (appended to ``rows``), their members looked up in one
-        query: memory holds the members of these lines, not of the whole shard. A line whose id the shard
-        does not know, or knows already, goes to ``orphans``."""
+        """Turn a few result lines into result rows (appended to ``rows``, and to ``succeeded`` the rids they
+        make succeed), their members looked up in one query: memory holds the members of these lines, not
+        of the whole shard. A line whose id the shard does not know, or knows already, goes to ``orphans``."""
         if not lines:
             return
         members = await self.store.member_requests(shard_id, [line.wire_id for line in lines])
@@ -305,6 +310,8 @@ class ShardRunner:
             state = retry.state_after(retry.classify(line), attempt=request_attempt, max_attempts=job.max_attempts,
                                       cancel_requested=job.cancel_requested)
             rows.append(_result_row(rid, request_attempt, state, line))
+            if state is RequestState.SUCCEEDED:
+                succeeded.append(rid)
 
 
 def _result_row(rid: int, attempt: int, state: RequestState, line: ResultLine) -> ResultRow:

@@ -13,10 +13,11 @@ batch whose create reply was lost.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,7 +28,6 @@ from msgspec import Meta
 
 from ..errors import ConnectionFailedError, ProviderError, ValidationError
 from ..http import CHUNK, Response, RetryPolicy
-from ..jsonl import read_chunks
 from ..model import BatchStatus, Outcome, Request, ShardInfo
 from ._http import HttpProvider
 from .anthropic_translate import AnthropicUsage, body_error, translate
@@ -100,7 +100,7 @@ class _BatchPage(msgspec.Struct):
     last_id: str | None = None
 
 
-class _Result(msgspec.Struct):
+class _Result(msgspec.Struct, gc=False):
     """``result`` of a results line; ``message`` and ``error`` stay raw: they are the kept bodies."""
 
     type: str
@@ -108,7 +108,7 @@ class _Result(msgspec.Struct):
     error: msgspec.Raw = _NULL
 
 
-class _ResultRow(msgspec.Struct):
+class _ResultRow(msgspec.Struct, gc=False):
     custom_id: str
     result: _Result
 
@@ -117,7 +117,7 @@ class _ResultId(msgspec.Struct):
     custom_id: str
 
 
-class _MessageSummary(msgspec.Struct):
+class _MessageSummary(msgspec.Struct, gc=False):
     model: str | None = None
     usage: AnthropicUsage | None = None
 
@@ -327,17 +327,16 @@ class AnthropicProvider(HttpProvider):
         response = await self._client().request("POST", f"{BATCHES}/{batch_id}/cancel")
         return self._normalise(_decode(response, _MessageBatch))
 
-    async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncIterator[ResultLine]:
-        """Download the results JSONL to ``workdir``, then yield its lines; the file is deleted afterwards,
-        also when the caller stops early."""
-        dest = workdir / f"{batch.id}-results.jsonl"
-        try:
-            await self._client().download(batch.output_file_id or f"{BATCHES}/{batch.id}/results", dest)
-            async for chunk in read_chunks(dest):
-                for number, line in chunk:
+    async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncGenerator[ResultLine, None]:
+        """The results JSONL, decoded as it downloads (nothing is written to ``workdir``). A transfer cut
+        short raises a retryable error: the engine starts over, and ingesting a line twice is harmless."""
+        lines = self._client().lines(batch.output_file_id or f"{BATCHES}/{batch.id}/results")
+        async with contextlib.aclosing(lines):
+            number = 0
+            async for line in lines:
+                number += 1
+                if line.strip():
                     yield _result_line(number, line)
-        finally:
-            dest.unlink(missing_ok=True)
 
     # --- helpers -----------------------------------------------------------------------------------------
 

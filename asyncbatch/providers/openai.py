@@ -8,6 +8,7 @@ a whole file in memory: uploads stream from the spool file, downloads stream to 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import AsyncGenerator, Collection, Mapping
@@ -129,11 +130,11 @@ class _CreateBatch(msgspec.Struct):
     metadata: dict[str, str]
 
 
-class _TokenDetails(msgspec.Struct):
+class _TokenDetails(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
 
 
-class _BodyUsage(msgspec.Struct):
+class _BodyUsage(msgspec.Struct, gc=False):
     """Chat/completions/embeddings say ``prompt_tokens``; the Responses API says ``input_tokens``."""
 
     prompt_tokens: int | None = None
@@ -153,13 +154,13 @@ class _BodyUsage(msgspec.Struct):
         )
 
 
-class _BodyError(msgspec.Struct):
+class _BodyError(msgspec.Struct, gc=False):
     message: str | None = None
     type: str | None = None
     code: str | int | None = None
 
 
-class _BodySummary(msgspec.Struct):
+class _BodySummary(msgspec.Struct, gc=False):
     """The few fields of a response body we index; the body itself stays raw."""
 
     model: str | None = None
@@ -167,18 +168,18 @@ class _BodySummary(msgspec.Struct):
     error: _BodyError | None = None
 
 
-class _LineResponse(msgspec.Struct):
+class _LineResponse(msgspec.Struct, gc=False):
     status_code: int
     request_id: str | None = None
     body: msgspec.Raw = msgspec.Raw(b"null")
 
 
-class _LineError(msgspec.Struct):
+class _LineError(msgspec.Struct, gc=False):
     code: str | None = None
     message: str | None = None
 
 
-class _OutputLine(msgspec.Struct):
+class _OutputLine(msgspec.Struct, gc=False):
     """One line of an output or error file: ``{id, custom_id, response, error}`` (reference §2.6)."""
 
     custom_id: str
@@ -447,11 +448,12 @@ class OpenAIProvider(HttpProvider):
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 number = 0
-                async for line in http.lines(self._path(f"/files/{file_id}/content"),
-                                             headers={"Accept": "application/binary"}):
-                    number += 1
-                    if line.strip():
-                        yield self._result_line(file_id, number, line)
+                lines = http.lines(self._path(f"/files/{file_id}/content"), headers={"Accept": "application/binary"})
+                async with contextlib.aclosing(lines):
+                    async for line in lines:
+                        number += 1
+                        if line.strip():
+                            yield self._result_line(file_id, number, line)
 
     # --- normalisation -----------------------------------------------------------------------------------
 

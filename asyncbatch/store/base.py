@@ -28,7 +28,7 @@ class BatchClaimedError(StoreError):
     """The provider batch is already recorded for another shard (found by two reconciliations at once)."""
 
 
-class NewRequest(msgspec.Struct, kw_only=True):
+class NewRequest(msgspec.Struct, kw_only=True, gc=False):
     """A validated request on its way into the store. ``line`` is kept for error messages only."""
 
     custom_id: str
@@ -60,7 +60,7 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
     refund: bool = False  # re-queued without using up the attempt (the provider ran nothing, for its own reason)
 
 
-class ResultRow(msgspec.Struct, kw_only=True):
+class ResultRow(msgspec.Struct, kw_only=True, gc=False):
     """One result to upsert, with the request state it leads to.
 
     The field order is the parameter order of the ``upsert_result`` and ``settle_request`` queries (plus the
@@ -83,7 +83,7 @@ class ResultRow(msgspec.Struct, kw_only=True):
     line_id: str | None = None
 
 
-class StoredResult(msgspec.Struct, kw_only=True):
+class StoredResult(msgspec.Struct, kw_only=True, gc=False):
     """A request joined with one of its results, as read back from the store."""
 
     rid: int
@@ -152,6 +152,7 @@ class Store(Protocol):
         orphans: Iterable[tuple[str, bytes]] = ...,
         *,
         finish: Settlement | None = None,
+        succeeded: Collection[int] = ...,
     ) -> None: ...
 
     async def final_results(

@@ -12,6 +12,7 @@ from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from asyncbatch.emulator import Emulator, EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.errors import ConnectionFailedError
 from asyncbatch.http import HttpClient, RetryPolicy
 
 from .conftest import KEY
@@ -107,7 +108,7 @@ async def test_sdk_retry_after_a_drop_after_create_duplicates_the_batch(emu: Emu
     assert len(emu.ledger.batches_created()) == 2  # no idempotency key: why the engine reconciles by token
 
 
-async def test_truncated_downloads(emu: Emulator, oai: AsyncOpenAI, tmp_path: Path) -> None:
+async def test_truncated_downloads(emu: Emulator, oai: AsyncOpenAI) -> None:
     source = await upload(oai, [chat_line(f"r{i}", "z" * 100) for i in range(50)])
     emu.config.faults = {"files_content": FaultSpec(truncate_rate=1.0, max_faults=1)}
     async with aiohttp.ClientSession(headers={"authorization": f"Bearer {KEY}"}) as session:
@@ -118,11 +119,17 @@ async def test_truncated_downloads(emu: Emulator, oai: AsyncOpenAI, tmp_path: Pa
     emu.config.faults = {"files_content": FaultSpec(truncate_rate=1.0, max_faults=2)}
     client = HttpClient(emu.openai_base_url, headers={"authorization": f"Bearer {KEY}"}, secrets=[KEY],
                         retry=RetryPolicy(base_delay=0.01, max_delay=0.02))
-    try:
-        size = await client.download(f"/files/{source.id}/content", tmp_path / "copy.jsonl")
+    try:  # our streaming client yields whole lines only, then says the body was cut
+        received: list[bytes] = []
+        with pytest.raises(ConnectionFailedError, match="content"):
+            async for line in client.lines(f"/files/{source.id}/content"):
+                received.append(line)
+        assert 0 < len(received) < 50 and all(line.startswith(b"{") and line.endswith(b"}") for line in received)
+        whole = [line async for line in client.lines(f"/files/{source.id}/content")]  # fault budget spent
     finally:
         await client.aclose()
-    assert size == source.bytes and kinds(emu) == ["truncate", "truncate"]
+    assert len(whole) == 50 and whole[: len(received)] == received
+    assert kinds(emu) == ["truncate", "truncate"]
 
 
 async def test_truncated_anthropic_results(emu: Emulator, ant: AsyncAnthropic) -> None:

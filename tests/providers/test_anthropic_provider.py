@@ -629,14 +629,23 @@ async def test_find_pages_back_to_the_horizon(
     assert await provider.find(later) is None  # everything is older than its horizon
 
 
-async def test_truncated_results_are_downloaded_again(
+async def test_a_cut_results_download_ends_in_a_retryable_error_after_whole_lines_only(
     emu: Emulator, provider: AnthropicProvider, spool_dir: Path, workdir: Path
 ) -> None:
+    """Results are decoded as they stream in: a body cut short yields only the lines that arrived whole, then
+    a retryable error (the engine starts over); nothing is written to the work directory."""
     batch = await until_ended(provider, await provider.create(write_shard(provider, spool_dir, MIXED)))
     clean = await collect(provider, batch, workdir)
-    emu.config.faults = {"anthropic_results": FaultSpec(truncate_rate=1.0, max_faults=2)}
+    emu.config.faults = {"anthropic_results": FaultSpec(truncate_rate=1.0, max_faults=1)}
+    received: list[ResultLine] = []
+    with pytest.raises(ConnectionFailedError) as info:
+        async for line in provider.results(batch, workdir):
+            received.append(line)
+    assert info.value.retryable
+    assert len(received) < len(clean) and received == clean[: len(received)]
+    assert [f.kind for f in emu.ledger.faults] == ["truncate"]
     assert await collect(provider, batch, workdir) == clean
-    assert [f.kind for f in emu.ledger.faults] == ["truncate"] * 2
+    assert list(workdir.iterdir()) == []
 
 
 async def test_wrong_key_never_leaks(

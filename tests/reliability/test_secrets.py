@@ -152,7 +152,8 @@ async def test_errors_and_reprs_never_show_the_key_even_when_the_provider_echoes
         http = HttpClient(base, headers={"Authorization": f"Bearer {API_KEY}"}, secrets=[API_KEY],
                           retry=RetryPolicy(max_retries=1, base_delay=0.01))
         with pytest.raises(ProviderError) as info:
-            await http.download("/v1/files/flaky/content", tmp_path / "out")
+            async for _ in http.lines("/v1/files/flaky/content"):
+                pass
         seen += [str(info.value), repr(info.value), repr(http)]
         await http.aclose()
         async with BatchManager(tmp_path / "jobs.db", provider=providers(base)[0]) as bm:

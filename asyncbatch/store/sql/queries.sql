@@ -159,8 +159,8 @@ UPDATE requests SET state = ?4, error_code = iif(?4 = 'succeeded', NULL, ?7),
 WHERE rid = ?1 AND shard_id = ?15 AND state = 'in_flight';
 
 -- name: settle_succeeded
--- Most results succeed: they are settled in one statement per chunk (?1: a JSON array of rids), the rest
--- one by one through settle_request.
+-- Most results succeed: they are settled in one statement per shard (?1: a JSON array of rids, in order),
+-- the rest one by one through settle_request.
 UPDATE requests SET state = 'succeeded', error_code = NULL, error_message = NULL
 WHERE rid IN (SELECT value FROM json_each(?1)) AND shard_id = ?2 AND state = 'in_flight';
 
