@@ -18,6 +18,7 @@ from .errors import JSONLError
 from .failpoints import failpoint
 
 BOM = b"\xef\xbb\xbf"
+CHUNK_BYTES = 8 << 20  # a chunk of input lines holds at most this much (and at least one line)
 DEFAULT_MAX_LINE_BYTES = 200 * 1024 * 1024
 READ_BLOCK = 64 * 1024  # measured: 64 KiB beats 16 KiB and 1 MiB (cache-sized)
 
@@ -36,17 +37,32 @@ def iter_lines(
 
 
 async def read_chunks(
-    path: str | os.PathLike[str], *, chunk_lines: int = 5000, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: str | os.PathLike[str],
+    *,
+    chunk_lines: int = 5000,
+    chunk_bytes: int = CHUNK_BYTES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> AsyncIterator[list[tuple[int, bytes]]]:
-    """The lines of ``path`` in chunks of ``chunk_lines`` (the last may be shorter), read in a worker thread."""
+    """The lines of ``path`` in chunks of ``chunk_lines``, read in a worker thread. A chunk ends early once
+    its lines reach ``chunk_bytes`` (it holds at least one line): memory stays flat however long the lines."""
     blocks = _line_blocks(path, max_line_bytes)
     ready: list[tuple[int, bytes]] = []
+    ready_bytes = 0
 
     def next_chunk() -> list[tuple[int, bytes]]:
-        while len(ready) < chunk_lines and (block := next(blocks, None)) is not None:
+        nonlocal ready_bytes
+        while len(ready) < chunk_lines and ready_bytes < chunk_bytes and (block := next(blocks, None)) is not None:
             ready.extend(block)
-        chunk = ready[:chunk_lines]
-        del ready[:chunk_lines]
+            ready_bytes += sum(len(line) for _, line in block)
+        take, size = 0, 0
+        for _, line in ready[:chunk_lines]:
+            if take and size + len(line) > chunk_bytes:
+                break
+            take += 1
+            size += len(line)
+        chunk = ready[:take]
+        del ready[:take]
+        ready_bytes -= size
         return chunk
 
     while chunk := await anyio.to_thread.run_sync(next_chunk):

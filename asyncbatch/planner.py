@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from .errors import JSONLError, ValidationError
-from .jsonl import read_chunks
+from .jsonl import CHUNK_BYTES, read_chunks
 from .model import Request
 from .providers.base import Provider
 from .store.base import NewRequest
@@ -180,21 +180,28 @@ async def validated_chunks(
             yield [validator.from_line(number, raw) for number, raw in lines]
         return
     batch: list[NewRequest] = []
+    size = 0  # bytes of the bodies in ``batch``: a chunk also ends at CHUNK_BYTES, however large the requests
     number = 0
+
+    def add(item: Request | Mapping[str, Any]) -> bool:
+        nonlocal size
+        request = validator.from_request(number, item)
+        batch.append(request)
+        size += request.size
+        return len(batch) >= chunk or size >= CHUNK_BYTES
+
     if isinstance(source, AsyncIterable):
         async for item in source:
             number += 1
-            batch.append(validator.from_request(number, item))
-            if len(batch) >= chunk:
+            if add(item):
                 yield batch
-                batch = []
+                batch, size = [], 0
     else:
         for item in source:
             number += 1
-            batch.append(validator.from_request(number, item))
-            if len(batch) >= chunk:
+            if add(item):
                 yield batch
-                batch = []
+                batch, size = [], 0
     if batch:
         yield batch
 

@@ -33,6 +33,9 @@ log = logging.getLogger("asyncbatch")
 
 _TRANSIENT_BACKOFF_MAX = 60.0
 _LOOKUP_LINES = 1000  # result lines whose members are looked up in one query while ingesting
+# An ingest chunk also ends when its result bodies reach this size: 10,000 embeddings of 3,072 dimensions would
+# be 600 MB, and memory must not depend on what the model answered.
+INGEST_CHUNK_BYTES = 16 << 20
 RECONCILE_HORIZON = 7 * 86400.0  # batch ids recorded this long before a shard's create are excluded from find()
 
 
@@ -252,16 +255,18 @@ class ShardRunner:
             try:
                 # closed in this task when it is cancelled (a stopped run), not later by the garbage collector
                 # in another one, where the provider's open response and HTTP slot cannot be given back
+                held = 0  # bytes of result bodies held (in lines and rows) since the last committed chunk
                 async with contextlib.aclosing(provider.results(remote, workdir)) as stream:
                     async for line in stream:
                         lines.append(line)
-                        if len(lines) >= lookup:
+                        held += len(line.body) if line.body is not None else 0
+                        if len(lines) >= lookup or held >= INGEST_CHUNK_BYTES:
                             await self._add_rows(shard.id, job, lines, seen, made_ok, rows, orphans)
                             lines = []
-                        if len(rows) >= self.m.ingest_chunk:
+                        if len(rows) >= self.m.ingest_chunk or held >= INGEST_CHUNK_BYTES:
                             await self.store.ingest(shard.id, self.owner, rows, orphans)
                             failpoint("mid_ingest")
-                            rows, orphans = [], []
+                            rows, orphans, held = [], [], 0
                             await self._renew()
                 await self._add_rows(shard.id, job, lines, seen, made_ok, rows, orphans)
                 break

@@ -59,6 +59,16 @@ async def test_read_chunks_streams_in_fixed_size_chunks(tmp_path: Path) -> None:
     assert sizes == [10, 10, 5]
 
 
+async def test_read_chunks_also_end_at_a_byte_budget_with_at_least_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lengths = [300, 300, 300, 2000, 100, 100, 700, 50]
+    path.write_bytes(b"".join(b"x" * n + b"\n" for n in lengths))
+    chunks = [chunk async for chunk in read_chunks(path, chunk_lines=3, chunk_bytes=1000)]
+    assert [[len(line) for _, line in chunk] for chunk in chunks] == [[300, 300, 300], [2000], [100, 100, 700],
+                                                                      [50]]
+    assert [n for chunk in chunks for n, _ in chunk] == list(range(1, 9))
+
+
 def line_by_line(data: bytes, max_line_bytes: int) -> tuple[list[tuple[int, bytes]], tuple[str, int] | None]:
     """The reader's contract read the obvious way, one bounded readline at a time: the lines before the
     first error, and that error's message fragment and line."""

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from asyncbatch import BatchManager, DuplicateCustomIdError, JSONLError, ValidationError
+from asyncbatch.jsonl import CHUNK_BYTES
+from asyncbatch.planner import Validator, validated_chunks
 from asyncbatch.providers.openai import OpenAIProvider
 from tests.helpers import API_KEY, chat_line, write_jsonl
 
@@ -131,3 +133,12 @@ async def test_request_size_counts_the_custom_id_in_utf8_bytes(tmp_path: Path) -
     for custom_id, url, body, size in rows:
         assert size == len(body) + len(custom_id.encode()) + len(url) + 64
     assert rows[1][3] - rows[0][3] == len("naïve-☕".encode()) - len("plain")
+
+
+async def test_requests_from_an_iterable_are_chunked_by_bytes_too() -> None:
+    """Large requests from an iterable end a chunk at CHUNK_BYTES, long before the chunk's count."""
+    text = "x" * (CHUNK_BYTES // 3 + 1)
+    validator = Validator(OpenAIProvider(api_key=API_KEY, base_url="http://127.0.0.1:9/v1"), None)
+    chunks = [chunk async for chunk in validated_chunks((chat_line(f"r{i}", text) for i in range(7)), validator)]
+    assert [len(chunk) for chunk in chunks] == [3, 3, 1]
+    assert [r.custom_id for chunk in chunks for r in chunk] == [f"r{i}" for i in range(7)]
