@@ -24,19 +24,8 @@ from pathlib import Path
 import anyio
 import httpx
 import msgspec
+from contenders.durable_floor import OpenAIResult
 from harness import API_KEY, CONTENDERS, PYTHON, WORK, emulator, input_file, run_child, save, table
-
-
-class _Response(msgspec.Struct):
-    status_code: int
-    request_id: str | None = None
-    body: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _Line(msgspec.Struct):
-    custom_id: str
-    id: str | None = None
-    response: _Response | None = None
 
 
 def output_file(base_url: str, source: Path, dest: Path) -> tuple[float, float]:
@@ -70,7 +59,7 @@ def floor(path: Path, db_path: Path) -> float:
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("CREATE TABLE results (custom_id TEXT PRIMARY KEY, line_id TEXT, status_code INTEGER, "
                "request_id TEXT, body BLOB)")
-    decoder = msgspec.json.Decoder(_Line)
+    decoder = msgspec.json.Decoder(OpenAIResult)
     started = time.perf_counter()
     with path.open("rb") as handle:
         lines = [decoder.decode(line) for line in handle if line.strip()]
