@@ -253,9 +253,9 @@ class ShardRunner:
             lines: list[ResultLine] = []
             lookup = min(_LOOKUP_LINES, self.m.ingest_chunk)
             try:
+                held = 0  # bytes of result bodies held (in lines and rows) since the last committed chunk
                 # closed in this task when it is cancelled (a stopped run), not later by the garbage collector
                 # in another one, where the provider's open response and HTTP slot cannot be given back
-                held = 0  # bytes of result bodies held (in lines and rows) since the last committed chunk
                 async with contextlib.aclosing(provider.results(remote, workdir)) as stream:
                     async for line in stream:
                         lines.append(line)
