@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-poll-interval", type=float, default=300.0)
     p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
-    p.add_argument("--ingest-chunk", type=int, help="results committed per transaction (default: the engine's)")
+    p.add_argument("--ingest-chunk", type=int,
+                   help="results committed per transaction, at most (default: the engine's 10,000; "
+                        "16 MiB of result bodies also ends one)")
     p.add_argument("--lease-seconds", type=float, default=60.0,
                    help="how long another process waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
