@@ -96,6 +96,9 @@ class HttpClient:
         self.retry = retry or RetryPolicy()
         self._limiter = anyio.CapacityLimiter(max_connections)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        # A streamed body is read at the pace of its consumer (ingesting a large results file takes minutes):
+        # no limit on the whole, only on each wait for more bytes.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -217,7 +220,9 @@ class HttpClient:
         attempt = 0
         while True:
             try:
-                resp = await stack.enter_async_context(self.session.get(self.url(path), headers=headers))
+                resp = await stack.enter_async_context(
+                    self.session.get(self.url(path), headers=headers, timeout=self._stream_timeout)
+                )
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 error: ProviderError = ConnectionFailedError(self.redact(f"GET {path}: {exc!r}"))
                 delay = self.retry.backoff(attempt)

@@ -17,7 +17,7 @@ from openai_support import FAST_RETRY, chat, json_handler, stub_host, write_shar
 
 from asyncbatch.emulator import Emulator, FaultSpec
 from asyncbatch.errors import AuthenticationError, ConnectionFailedError, ValidationError
-from asyncbatch.http import RetryPolicy
+from asyncbatch.http import HttpClient, RetryPolicy
 from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
 from asyncbatch.providers.openai import TOKEN_KEY, AzureOpenAIProvider, OpenAIProvider
@@ -735,3 +735,23 @@ async def test_azure_style_run(emu: Emulator, spool_dir: Path, workdir: Path) ->
     }
     (record,) = emu.ledger.batches_created()
     assert record.endpoint == "/v1/chat/completions"  # sent as Azure's "/chat/completions", read as the lines' url
+
+
+async def test_a_streamed_body_may_be_consumed_for_longer_than_the_request_timeout() -> None:
+    """Ingesting a large results file takes as long as the store needs: the client's timeout bounds each wait
+    for bytes, not the whole transfer (a total would cut every long ingestion and start it over for ever)."""
+    lines = [b'{"i":%d,"pad":"%s"}' % (i, b"x" * 100_000) for i in range(20)]  # 2 MB: more than aiohttp buffers
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"\n".join(lines) + b"\n")
+
+    async with stub_host({"GET /v1/files/f/content": content}) as host:
+        client = HttpClient(host.url, headers={}, timeout=0.3)
+        received = []
+        try:
+            async for line in client.lines("/v1/files/f/content"):
+                received.append(line)
+                await anyio.sleep(0.05)  # a slow consumer: 20 lines take 1 s, over three times the timeout
+        finally:
+            await client.aclose()
+    assert received == lines
