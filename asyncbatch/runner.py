@@ -221,7 +221,11 @@ class ShardRunner:
                     await self.store.shard_polled(shard.id, self.owner, remote)
                     failpoint("during_poll")
                     if seen != last:
-                        interval = self.m.poll_interval  # something moves: look again soon
+                        if last is None or seen[0] != last[0]:
+                            # a new phase (validating -> in progress -> finalizing): look again soon. Counts
+                            # that move do not reset the backoff: they move all along a batch that runs for
+                            # hours, and polling each of 1,000 batches every few seconds helps nobody.
+                            interval = self.m.poll_interval
                         self.m.events.publish(BatchStatusChanged(job_id=self.job_id, shard_id=shard.id,
                                                                  batch_id=remote.id, status=remote.status,
                                                                  counts=remote.counts))

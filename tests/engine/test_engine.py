@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 
 from asyncbatch import AsyncBatchError, BatchManager, Job, JobStatus, RequestState
 from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
+from asyncbatch.events import BatchStatusChanged
 from asyncbatch.export import write_results
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
@@ -250,3 +252,30 @@ async def test_raw_bodies_are_the_stored_json_and_decode_to_the_same_results(tmp
         assert isinstance(result.body, msgspec.Raw)
         assert msgspec.json.decode(result.body) == decoded[custom_id].body
         assert msgspec.structs.replace(result, body=decoded[custom_id].body) == decoded[custom_id]
+
+
+async def test_counts_that_move_do_not_reset_the_poll_backoff(tmp_path: Path) -> None:
+    """A running batch's request counts move at every poll; only a new status polls soon again. Seen through
+    the manager's own events: one per poll that saw a change."""
+    lines = [chat_line(f"r{i}", "hello") for i in range(400)]
+    async with (
+        run_emulator(EmulatorConfig(complete_after=4.0), data_dir=tmp_path / "emu") as emu,
+        manager(tmp_path / "jobs.db", emu, poll_interval=0.1, max_poll_interval=2.0) as bm,
+    ):
+        job = await bm.submit(lines)
+        seen: list[tuple[float, str, int]] = []
+        async with anyio.create_task_group() as tg, bm.events.subscribe(job.id) as events:
+
+            async def record() -> None:
+                async for event in events:
+                    if isinstance(event, BatchStatusChanged):
+                        seen.append((anyio.current_time(), event.status.value, event.counts["completed"]))
+
+            tg.start_soon(record)
+            with anyio.fail_after(30):
+                await bm.wait(job.id)
+            tg.cancel_scope.cancel()
+    running = [(at, done) for at, status, done in seen if status == "in_progress"]
+    assert len({done for _, done in running}) >= 4, running  # the counts did move from poll to poll
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(running)]
+    assert len(running) <= 12 and max(gaps) > 0.6, gaps  # every 0.1 s for 4 s would be about 40 polls
