@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from anthropic import AsyncAnthropic
+from common import arguments, report
 
 MAX_REQUESTS = 100_000
 
@@ -40,12 +41,8 @@ async def main(args: argparse.Namespace) -> None:
                            for start in range(0, len(requests), MAX_REQUESTS)))
     ok = sum(1 for r in results.values() if r.result.type == "succeeded")
     await client.close()
-    print(json.dumps({"ok": ok, "inner": time.perf_counter() - started}))
+    report(ok, started)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--workdir", required=True)
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(arguments()))

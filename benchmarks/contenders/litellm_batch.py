@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
@@ -14,20 +13,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of the price list at import
 
 import litellm
-
-MAX_LINES = 50_000
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def split(path: Path, workdir: Path) -> list[Path]:
-    parts: list[Path] = []
-    with path.open("rb") as source:
-        lines = source.readlines()
-    for start in range(0, len(lines), MAX_LINES):
-        part = workdir / f"part-{len(parts)}.jsonl"
-        part.write_bytes(b"".join(lines[start : start + MAX_LINES]))
-        parts.append(part)
-    return parts
+from common import TERMINAL, arguments, parse_output, report, split, succeeded
 
 
 async def one_batch(base_url: str, part: Path, results: dict[str, dict[str, Any]]) -> None:
@@ -42,10 +28,7 @@ async def one_batch(base_url: str, part: Path, results: dict[str, dict[str, Any]
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id:
             content = await litellm.afile_content(file_id=file_id, custom_llm_provider="openai", api_base=base_url)
-            for line in content.text.splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    results[item["custom_id"]] = item
+            parse_output(content.text, results)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -53,13 +36,8 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, Any]] = {}
     parts = split(Path(args.input), Path(args.workdir))
     await asyncio.gather(*(one_batch(args.base_url, part, results) for part in parts))
-    ok = sum(1 for r in results.values() if (r.get("response") or {}).get("status_code") == 200)
-    print(json.dumps({"ok": ok, "inner": time.perf_counter() - started}))
+    report(succeeded(results), started)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--workdir", required=True)
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(arguments()))

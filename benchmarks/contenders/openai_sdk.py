@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from common import TERMINAL, arguments, parse_output, report, split, succeeded
 from openai import AsyncOpenAI
-
-MAX_LINES = 50_000
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def split(path: Path, workdir: Path) -> list[Path]:
-    parts: list[Path] = []
-    with path.open("rb") as source:
-        lines = source.readlines()
-    for start in range(0, len(lines), MAX_LINES):
-        part = workdir / f"part-{len(parts)}.jsonl"
-        part.write_bytes(b"".join(lines[start : start + MAX_LINES]))
-        parts.append(part)
-    return parts
 
 
 async def one_batch(client: AsyncOpenAI, part: Path, results: dict[str, dict[str, Any]]) -> None:
@@ -41,10 +27,7 @@ async def one_batch(client: AsyncOpenAI, part: Path, results: dict[str, dict[str
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id:
             content = await client.files.content(file_id)
-            for line in content.text.splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    results[item["custom_id"]] = item
+            parse_output(content.text, results)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -53,14 +36,9 @@ async def main(args: argparse.Namespace) -> None:
     client = AsyncOpenAI(base_url=args.base_url)
     results: dict[str, dict[str, Any]] = {}
     await asyncio.gather(*(one_batch(client, part, results) for part in split(Path(args.input), workdir)))
-    ok = sum(1 for r in results.values() if (r.get("response") or {}).get("status_code") == 200)
     await client.close()
-    print(json.dumps({"ok": ok, "inner": time.perf_counter() - started}))
+    report(succeeded(results), started)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--workdir", required=True)
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(arguments()))
