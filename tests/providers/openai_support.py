@@ -1,4 +1,5 @@
-"""Helpers for the OpenAI provider tests: spool files built through the provider, and a recording stub host.
+"""Helpers for the provider tests: spool files built through the provider, polling a batch to its end, and a
+recording stub host.
 
 The stub host is a real aiohttp server on 127.0.0.1 for wire shapes the emulator does not speak (Azure's
 ``api-version`` routes, Groq's and Together's variants); everything else runs against the emulator.
@@ -13,15 +14,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 from aiohttp import web
 
 from asyncbatch.http import RetryPolicy
 from asyncbatch.model import Request, ShardInfo
-from asyncbatch.providers.base import Provider
+from asyncbatch.providers.base import Provider, RemoteBatch
 
 #: Retries as in production but with tiny delays, so fault tests stay fast.
 FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.05)
+
+
+async def until_ended(provider: Provider, batch: RemoteBatch) -> RemoteBatch:
+    """Poll ``batch`` until it ends (the emulator completes at once by default)."""
+    with anyio.fail_after(10):
+        while not batch.status.is_terminal:
+            await anyio.sleep(0.01)
+            batch = await provider.retrieve(batch.id)
+    return batch
 
 
 def chat(custom_id: str, text: str, model: str = "gpt-5.4-mini") -> Request:

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from anthropic.types import Message
-from openai_support import FAST_RETRY, json_handler, stub_host, write_shard
+from openai_support import FAST_RETRY, json_handler, stub_host, until_ended, write_shard
 
 from asyncbatch.emulator import Emulator, FaultSpec
 from asyncbatch.errors import (
@@ -408,14 +408,6 @@ async def provider(emu: Emulator) -> AsyncIterator[AnthropicProvider]:
             0.2  # the emulator lists a batch at once; keep find()'s second look short
         )
         yield anthropic
-
-
-async def until_ended(provider: AnthropicProvider, batch: RemoteBatch) -> RemoteBatch:
-    with anyio.fail_after(10):
-        while not batch.status.is_terminal:
-            await anyio.sleep(0.01)
-            batch = await provider.retrieve(batch.id)
-    return batch
 
 
 def by_custom_id(shard: ShardInfo, requests: list[Request], lines: list[ResultLine]) -> dict[str, ResultLine]:

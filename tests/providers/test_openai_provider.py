@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import pytest
 from aiohttp import web
-from openai_support import FAST_RETRY, chat, json_handler, stub_host, write_shard
+from openai_support import FAST_RETRY, chat, json_handler, stub_host, until_ended, write_shard
 
 from asyncbatch.emulator import Emulator, FaultSpec
 from asyncbatch.errors import AuthenticationError, ConnectionFailedError, ValidationError
@@ -496,16 +496,8 @@ async def provider(emu: Emulator) -> AsyncIterator[OpenAIProvider]:
         yield openai
 
 
-async def _until_ended(provider: OpenAIProvider, batch: RemoteBatch) -> RemoteBatch:
-    with anyio.fail_after(10):
-        while not batch.status.is_terminal:
-            await anyio.sleep(0.01)
-            batch = await provider.retrieve(batch.id)
-    return batch
-
-
 async def _run(provider: OpenAIProvider, shard: ShardInfo) -> RemoteBatch:
-    return await _until_ended(provider, await provider.create(shard, await provider.upload(shard)))
+    return await until_ended(provider, await provider.create(shard, await provider.upload(shard)))
 
 
 async def _collect(provider: OpenAIProvider, batch: RemoteBatch, workdir: Path) -> dict[str, ResultLine]:
@@ -528,7 +520,7 @@ async def test_full_cycle(emu: Emulator, provider: OpenAIProvider, spool_dir: Pa
     file_id = await provider.upload(shard)
     created = await provider.create(shard, file_id)
     assert created.token == shard.token and created.status is BatchStatus.VALIDATING
-    batch = await _until_ended(provider, created)
+    batch = await until_ended(provider, created)
     assert (batch.status, batch.counts) == (BatchStatus.COMPLETED, {"total": 5, "completed": 3, "failed": 2})
     assert batch.output_file_id and batch.error_file_id and batch.created_at > time.time() - 60
 
@@ -598,7 +590,7 @@ async def test_cancel(emu: Emulator, provider: OpenAIProvider, spool_dir: Path, 
         BatchStatus.CANCELLING,
         BatchStatus.CANCELLED,
     )
-    batch = await _until_ended(provider, cancelling)
+    batch = await until_ended(provider, cancelling)
     assert batch.status is BatchStatus.CANCELLED and batch.cancel_requested
     results = await _collect(provider, batch, workdir)
     assert {r.outcome for r in results.values()} == {Outcome.CANCELLED}
