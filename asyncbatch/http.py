@@ -180,9 +180,11 @@ class HttpClient:
             attempt += 1
             await anyio.sleep(delay)
 
-    async def lines(self, path: str, *, headers: Mapping[str, str] | None = None) -> AsyncGenerator[bytes, None]:
-        """The lines of a response body (without their newlines), as they arrive: nothing is written to disk
-        and the caller's work overlaps the transfer.
+    async def lines(
+        self, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """The non-blank lines of a response body with their 1-based numbers (as ``jsonl.iter_lines`` gives a
+        file's), as they arrive: nothing is written to disk and the caller's work overlaps the transfer.
 
         A body that breaks or ends short raises ``ConnectionFailedError`` (retryable) after the lines that
         did arrive whole; a cut last line is never yielded. Whatever the caller did with the lines must
@@ -191,7 +193,7 @@ class HttpClient:
         """
         async with self._limiter, contextlib.AsyncExitStack() as stack:
             resp = await self._get_body(stack, path, headers)
-            size = 0
+            size = number = 0
             partial: list[bytes] = []  # pieces of a line that has not ended yet (a long line is joined once)
             try:
                 async for chunk in resp.content.iter_any():
@@ -203,14 +205,16 @@ class HttpClient:
                     complete = b"".join((*partial, chunk[:end])) if partial else chunk[:end]
                     partial = [chunk[end + 1:]]
                     for line in complete.split(b"\n"):
-                        yield line
+                        number += 1
+                        if line.strip():
+                            yield number, line
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 raise ConnectionFailedError(self.redact(f"GET {path}: {exc!r}")) from None
             expected = resp.content_length
             if expected is not None and size != expected:
                 raise ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
-            if last := b"".join(partial):
-                yield last
+            if (last := b"".join(partial)).strip():
+                yield number + 1, last
 
     async def _get_body(
         self, stack: contextlib.AsyncExitStack, path: str, headers: Mapping[str, str] | None

@@ -332,11 +332,8 @@ class AnthropicProvider(HttpProvider):
         short raises a retryable error: the engine starts over, and ingesting a line twice is harmless."""
         lines = self._client().lines(batch.output_file_id or f"{BATCHES}/{batch.id}/results")
         async with contextlib.aclosing(lines):
-            number = 0
-            async for line in lines:
-                number += 1
-                if line.strip():
-                    yield _result_line(number, line)
+            async for number, line in lines:
+                yield _result_line(number, line)
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -447,13 +447,10 @@ class OpenAIProvider(HttpProvider):
         http = self._client()
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                number = 0
                 lines = http.lines(self._path(f"/files/{file_id}/content"), headers={"Accept": "application/binary"})
                 async with contextlib.aclosing(lines):
-                    async for line in lines:
-                        number += 1
-                        if line.strip():
-                            yield self._result_line(file_id, number, line)
+                    async for number, line in lines:
+                        yield self._result_line(file_id, number, line)
 
     # --- normalisation -----------------------------------------------------------------------------------
 

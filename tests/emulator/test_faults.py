@@ -122,10 +122,10 @@ async def test_truncated_downloads(emu: Emulator, oai: AsyncOpenAI) -> None:
     try:  # our streaming client yields whole lines only, then says the body was cut
         received: list[bytes] = []
         with pytest.raises(ConnectionFailedError, match="content"):
-            async for line in client.lines(f"/files/{source.id}/content"):
+            async for _, line in client.lines(f"/files/{source.id}/content"):
                 received.append(line)
         assert 0 < len(received) < 50 and all(line.startswith(b"{") and line.endswith(b"}") for line in received)
-        whole = [line async for line in client.lines(f"/files/{source.id}/content")]  # fault budget spent
+        whole = [line async for _, line in client.lines(f"/files/{source.id}/content")]  # fault budget spent
     finally:
         await client.aclose()
     assert len(whole) == 50 and whole[: len(received)] == received

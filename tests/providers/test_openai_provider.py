@@ -741,9 +741,22 @@ async def test_a_streamed_body_may_be_consumed_for_longer_than_the_request_timeo
         client = HttpClient(host.url, headers={}, timeout=0.3)
         received = []
         try:
-            async for line in client.lines("/v1/files/f/content"):
+            async for _, line in client.lines("/v1/files/f/content"):
                 received.append(line)
                 await anyio.sleep(0.05)  # a slow consumer: 20 lines take 1 s, over three times the timeout
         finally:
             await client.aclose()
     assert received == lines
+
+
+async def test_streamed_lines_are_numbered_as_in_the_body_and_blank_ones_skipped() -> None:
+    async def content(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"a":1}\n\n   \n{"b":2}\r\n{"c":3}')  # no newline after the last line
+
+    async with stub_host({"GET /v1/files/f/content": content}) as host:
+        client = HttpClient(host.url, headers={})
+        try:
+            numbered = [item async for item in client.lines("/v1/files/f/content")]
+        finally:
+            await client.aclose()
+    assert numbered == [(1, b'{"a":1}'), (4, b'{"b":2}\r'), (5, b'{"c":3}')]
