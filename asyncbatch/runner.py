@@ -21,7 +21,7 @@ import msgspec
 from .errors import BadRequestError, NotFoundError, ProviderError, StoreError
 from .events import BatchCreated, BatchStatusChanged, ResultsIngested
 from .failpoints import failpoint
-from .jsonl import SpoolWriter, private_dir
+from .jsonl import SpoolWriter
 from .model import BatchStatus, Job, RequestState, Shard, ShardInfo, ShardPhase
 from .providers.base import BatchError, Provider, RemoteBatch, ResultLine
 from .store import BatchClaimedError, ResultRow
@@ -245,7 +245,7 @@ class ShardRunner:
             errors=msgspec.convert(shard.errors, list[BatchError]),
         )
         job = await self.store.get_job(self.job_id, with_counts=False)  # a cancel may have come meanwhile
-        workdir = private_dir(self.m.spool_dir / shard.job_id / "downloads")
+        workdir = self.m.spool_dir / shard.job_id / "downloads"  # not made here: the built-in providers stream
         retry = self.m.retry
         attempt = 0
         gone = False  # the provider no longer has the results

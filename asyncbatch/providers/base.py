@@ -115,8 +115,9 @@ class Provider(Protocol):
         """Ask the provider to cancel; results of requests already run stay available."""
 
     def results(self, batch: RemoteBatch, workdir: Path) -> AsyncGenerator[ResultLine, None]:
-        """Stream the results of an ended batch, decoded line by line (``workdir`` is there for a provider
-        that needs files on the way). The engine closes the stream in the task that iterates it."""
+        """Stream the results of an ended batch, decoded line by line. ``workdir`` is a directory for a provider
+        that needs files on the way; it may not exist yet (``jsonl.private_dir`` makes it owner-only). The
+        engine closes the stream in the task that iterates it."""
 
     async def aclose(self) -> None:
         """Release connections."""

@@ -2,8 +2,8 @@
 
 The wire protocol is the reference doc's sections 1, 2 and 4.1: the shard's spool file is uploaded as a
 ``purpose=batch`` file, a batch is created over it with our client token in ``metadata``, and the output and
-error files are streamed back to disk and decoded line by line into :class:`ResultLine`. Nothing here holds
-a whole file in memory: uploads stream from the spool file, downloads stream to ``workdir``.
+error files are streamed back and decoded line by line, as they arrive, into :class:`ResultLine`. Nothing here
+holds a whole file in memory: uploads stream from the spool file, downloads are decoded as they stream in.
 """
 
 from __future__ import annotations
