@@ -62,12 +62,12 @@ class Validator:
         except msgspec.ValidationError as exc:
             field = _field_of(str(exc))
             raise JSONLError(f"invalid request line: {exc}", line=number, field=field) from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            if not _is_utf8(raw):
+                raise JSONLError(_not_utf8(raw), line=number) from None
             if not raw.lstrip().startswith(b"{"):
                 raise JSONLError("each line must be one JSON object", line=number) from None
             raise JSONLError(f"malformed JSON: {exc}", line=number) from None
-        except UnicodeDecodeError:  # msgspec checks UTF-8 where it builds a str
-            raise JSONLError(_not_utf8(raw), line=number) from None
         except RecursionError:
             raise JSONLError(_TOO_DEEP, line=number) from None
         return self._validate(number, parsed)
@@ -130,10 +130,10 @@ class Validator:
         body_bytes = bytes(raw_body)
         try:
             body = msgspec.json.decode(body_bytes)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            if not _is_utf8(body_bytes):
+                raise JSONLError(_not_utf8(body_bytes), line=number, custom_id=custom_id, field="body") from None
             raise _invalid(number, custom_id, "body", f"body is not valid JSON: {exc}") from None
-        except UnicodeDecodeError:
-            raise JSONLError(_not_utf8(body_bytes), line=number, custom_id=custom_id, field="body") from None
         except RecursionError:
             raise _invalid(number, custom_id, "body", _TOO_DEEP) from None
         if not isinstance(body, dict):
@@ -204,6 +204,16 @@ async def validated_chunks(
                 batch, size = [], 0
     if batch:
         yield batch
+
+
+def _is_utf8(raw: bytes) -> bool:
+    """Checked only once decoding failed: msgspec reports bad UTF-8 as ``UnicodeDecodeError`` up to 0.22 and
+    as ``DecodeError("Invalid UTF-8 ...")`` from 0.23, and either way the user is owed the line's JSONLError."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _not_utf8(raw: bytes) -> str:

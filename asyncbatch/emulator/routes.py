@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-REQUEST_ID = web.RequestKey("request_id", str)
-RESPONSE_HEADERS = web.RequestKey("response_headers", dict[str, str])
-TRUNCATE = web.RequestKey("truncate", bool)  # a truncate fault was drawn for this download
+
+def _request_key(name: str, kind: type[Any]) -> Any:
+    """A key of the request's own mapping: ``web.RequestKey`` where aiohttp has it (3.14+, which warns about
+    plain string keys), else a string. The emulator ships with the library and runs on the oldest aiohttp the
+    project supports."""
+    make = getattr(web, "RequestKey", None)
+    return make(name, kind) if make is not None else f"asyncbatch.{name}"
+
+
+REQUEST_ID = _request_key("request_id", str)
+RESPONSE_HEADERS = _request_key("response_headers", dict)
+TRUNCATE = _request_key("truncate", bool)  # a truncate fault was drawn for this download
 
 
 class RouteSpec(msgspec.Struct, frozen=True):

@@ -305,7 +305,7 @@ class EmulatorThread:
         self._emulator: Emulator | None = None
         self._error: BaseException | None = None
         self._stop: anyio.Event | None = None
-        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._portal: anyio.from_thread.BlockingPortal | None = None  # how another thread reaches the loop
         self._thread: threading.Thread | None = None
 
     def start(self) -> EmulatorThread:
@@ -319,11 +319,12 @@ class EmulatorThread:
 
     async def _serve(self) -> None:
         try:
-            async with run_emulator(self.config, host=self._host, port=self._port,
-                                    data_dir=self._data_dir) as emulator:
+            async with run_emulator(
+                self.config, host=self._host, port=self._port, data_dir=self._data_dir
+            ) as emulator, anyio.from_thread.BlockingPortal() as portal:
                 self._emulator = emulator
                 self._stop = anyio.Event()
-                self._token = anyio.lowlevel.current_token()
+                self._portal = portal
                 self._ready.set()
                 await self._stop.wait()
         except Exception as exc:  # reported by start(), in the caller's thread
@@ -334,8 +335,8 @@ class EmulatorThread:
     def stop(self) -> None:
         if self._thread is None:
             return
-        if self._stop is not None and self._token is not None and self._thread.is_alive():
-            anyio.from_thread.run_sync(self._stop.set, token=self._token)
+        if self._stop is not None and self._portal is not None and self._thread.is_alive():
+            self._portal.call(self._stop.set)
         self._thread.join()
         self._thread = self._emulator = None
 

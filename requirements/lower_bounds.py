@@ -1,0 +1,17 @@
+"""Print the runtime dependencies of pyproject.toml pinned at their declared lower bounds (``>=X`` -> ``==X``).
+
+``make lock`` feeds this to the resolver as overrides, so that ``make test-oldest`` proves the ranges users
+install from are honest.
+"""
+
+import re
+import sys
+import tomllib
+
+with open(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml", "rb") as f:
+    dependencies = tomllib.load(f)["project"]["dependencies"]
+for dependency in dependencies:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*>=\s*([^,;\s]+)", dependency)
+    if match is None:
+        sys.exit(f"{dependency!r} has no lower bound (>=): every runtime dependency must declare one")
+    print(f"{match.group(1)}=={match.group(2)}")
