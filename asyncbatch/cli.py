@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", required=True, type=Path, help="SQLite job store file")
+        p.add_argument("--db", required=True, metavar="STORE",
+                       help="the job store: a SQLite file, sqlite:///path, or postgresql://user@host/db")
         return p
 
     p = with_db(sub.add_parser("submit", help="validate and store a JSONL file as a job; prints the job id"))
@@ -59,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "answering (a dead one's are taken over at once)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress on stderr (default: when stderr is a terminal)")
+
+    p = with_db(sub.add_parser("worker", help="run every job of the store, and every job submitted later, until "
+                                              "SIGTERM/SIGINT (a long-running worker; start several on one store)"))
+    p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
+    p.add_argument("--max-poll-interval", type=float, default=300.0)
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="how long another worker waits before taking over the batches of one that stopped "
+                        "answering (a dead one's are taken over at once)")
+    p.add_argument("--max-jobs", type=int, help="drive at most this many jobs at once (default: all)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (and /healthz)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
 
     p = with_db(sub.add_parser("status", help="show a job's status and request counts"))
     p.add_argument("job_id", metavar="JOB_ID")
@@ -142,12 +155,14 @@ def _configure_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _existing_store(path: Path) -> Path:
+def _existing_store(url: str) -> str:
+    """A store that must exist already (reading commands never create one)."""
     from .errors import StoreError
+    from .store import is_postgres_url, sqlite_path
 
-    if not path.exists():
-        raise StoreError(f"no job store at {path}")
-    return path
+    if not is_postgres_url(url) and not Path(sqlite_path(url)).exists():
+        raise StoreError(f"no job store at {url}")
+    return url
 
 
 def _manager(args: argparse.Namespace, **options: Any) -> BatchManager:
@@ -348,7 +363,7 @@ async def _cost(args: argparse.Namespace) -> int:
     from .cost import job_cost
 
     async with _manager(args) as bm:
-        report = await job_cost(bm, args.job_id)
+        report = await job_cost(bm.store, args.job_id)
     if args.json:
         payload = msgspec.to_builtins(report)
         payload.update(savings=str(report.savings), unpriced_models=report.unpriced_models)
@@ -364,8 +379,19 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(args.dir, requests=args.requests)
 
 
+async def _worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return await run_worker(
+        args.db, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
+        lease_seconds=args.lease_seconds, max_jobs=args.max_jobs, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "submit": _submit,
+    "worker": _worker,
     "run": _run,
     "wait": _run,
     "status": _status,

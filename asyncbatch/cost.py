@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .model import Outcome, Result
+from .results import read_results
 
 if TYPE_CHECKING:
     from .manager import BatchManager
+    from .store.base import Store
 
 BATCH_DISCOUNT = Decimal("0.5")
 """Batch rate as a share of the standard one (50%: OpenAI, Anthropic, Azure, Gemini, Groq, Mistral), used only
@@ -174,6 +176,7 @@ class CostCounter:
         self.when = when  # prices in force at that time
         self._known: dict[str, _ModelPrices | str] = {}  # model -> its prices, or why it is unpriced
         self._groups: dict[tuple[str, int], _Group] = {}
+        # a model is priced with the provider of its first result (one model name, one provider, in practice)
 
     def add(self, result: Result) -> None:
         """Count one result (any attempt); only successful ones with usage are billed."""
@@ -183,7 +186,7 @@ class CostCounter:
         prices = self._known.get(model)
         if prices is None:
             try:
-                prices = self._known[model] = _ModelPrices(model, self.provider, self.when)
+                prices = self._known[model] = _ModelPrices(model, result.provider or self.provider, self.when)
             except LookupError:
                 prices = self._known[model] = "not in genai-prices"
         tier = prices.tier(result.usage.input_tokens) if isinstance(prices, _ModelPrices) else 0
@@ -225,13 +228,16 @@ def price_results(job_id: str, provider: str, results: Iterable[Result], *, when
     return counter.report()
 
 
-async def job_cost(manager: BatchManager, job_id: str) -> CostReport:
-    """The cost report of a job from the store, at the prices in force when the job was submitted.
+async def job_cost(store: Store | BatchManager, job_id: str) -> CostReport:
+    """The cost report of a job from the store (or a manager's store), at the prices in force when the job was
+    submitted.
 
-    Every attempt is read from the store in pages and counted as it passes (memory stays flat).
+    Every attempt is read from the store in pages and counted as it passes (memory stays flat); each result is
+    priced with its own provider's prices (a job may span providers).
     """
-    job = await manager.status(job_id)
+    source: Store = store if not hasattr(store, "store") else store.store
+    job = await source.get_job(job_id, with_counts=False)
     counter = CostCounter(job.id, job.provider, when=datetime.fromtimestamp(job.created_at, tz=UTC))
-    async for result in manager.results(job_id, all_attempts=True):
+    async for result in read_results(source, job_id, all_attempts=True):
         counter.add(result)
     return counter.report()

@@ -94,7 +94,7 @@ async def run_demo(directory: Path, *, requests: int = 1200) -> int:
             print("\n".join(f"  {line}" for line in story))
             results = [r async for r in bm.results(job.id)]
             count = await write_results(bm, job.id, results_path, fmt="openai")
-            report = await job_cost(bm, job.id)
+            report = await job_cost(bm.store, job.id)
     _summary(job, elapsed, results, results_path=results_path, count=count, db_path=db_path)
     print()
     print(report.summary())

@@ -1,9 +1,27 @@
-"""Exception hierarchy.
+"""The one exception tree of asyncbatch::
 
-Callers catch at the level they care about: ``AsyncBatchError`` for anything of ours, ``ValidationError``
-for bad input (raised before anything is stored or uploaded), ``ProviderError`` for the remote side,
-``StoreError`` for the local job store. Messages never contain secrets: the HTTP layer redacts them before
-an exception is built.
+    AsyncBatchError
+    ├── ValidationError             bad input or options; nothing was stored or uploaded
+    │   ├── JSONLError              a line is not JSON, not UTF-8, or not the expected shape
+    │   ├── DuplicateCustomIdError  the same custom_id twice in one job
+    │   ├── UnsupportedFeatureError the request uses what its provider cannot express
+    │   └── UnknownProviderError    no provider of that name (also a ValueError)
+    ├── JobConflictError            a submit retried with the same idempotency key but other requests
+    ├── ProviderError               the provider answered with an error, or could not be reached
+    │   ├── AuthenticationError     401/403
+    │   ├── NotFoundError           404
+    │   ├── BadRequestError         400/409/413/422
+    │   └── TransientError          408/409/429/5xx, dropped connections, timeouts
+    │       ├── RateLimitedError    429, with the server's retry_after
+    │       └── ConnectionFailedError
+    ├── StoreError                  the job store cannot be used (locked, read-only, full, corrupt, gone)
+    │   ├── SchemaVersionError      written by a newer asyncbatch: left untouched
+    │   ├── LeaseLostError          another worker holds the shard now; this one stops touching it
+    │   └── BatchClaimedError       the provider batch is recorded for another shard already
+    └── JobNotFoundError            no job with that id (also a KeyError)
+
+Callers catch at the level they care about. Messages never contain secrets: the HTTP layer redacts them before
+an exception is built, and URLs with credentials are refused before they are stored.
 """
 
 from __future__ import annotations
@@ -58,6 +76,14 @@ class DuplicateCustomIdError(ValidationError):
 
 class UnsupportedFeatureError(ValidationError):
     """The request uses a feature the target provider cannot express (e.g. for a translated request)."""
+
+
+class UnknownProviderError(ValidationError, ValueError):
+    """No provider of that name (a ``ValueError`` too, which ``create_provider`` raised before)."""
+
+
+class JobConflictError(AsyncBatchError):
+    """A submit was retried with an idempotency key (or job id) that names a job with other requests."""
 
 
 # --- provider --------------------------------------------------------------------------------------------
@@ -130,6 +156,14 @@ class StoreError(AsyncBatchError):
 
 class SchemaVersionError(StoreError):
     """The database was written by a newer asyncbatch; refusing to touch it."""
+
+
+class LeaseLostError(StoreError):
+    """Another worker holds the shard now (or it moved on); this worker must stop touching it."""
+
+
+class BatchClaimedError(StoreError):
+    """The provider batch is already recorded for another shard (found by two reconciliations at once)."""
 
 
 class JobNotFoundError(AsyncBatchError, KeyError):

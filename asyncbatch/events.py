@@ -8,8 +8,9 @@ the tracker remembers what it has yielded, so an event seen on the bus and in th
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -249,3 +250,33 @@ async def watch_job(store: Store, bus: EventBus, job_id: str, *, poll_interval: 
             tallies = {shard_id: await store.shard_tally(shard_id) for shard_id in tracker.newly_ingested(shards)}
             for synthesised in tracker.diff(job, shards, tallies):
                 yield synthesised
+
+
+def describe(event: AnyEvent) -> str:
+    """One line for a log: what happened, to which job and batch."""
+    if isinstance(event, BatchCreated):
+        how = "adopted after a crash" if event.adopted else "created"
+        return (f"job {event.job_id}: batch {event.batch_id} {how} for shard {event.shard_id} "
+                f"({event.request_count} requests, attempt {event.attempt})")
+    if isinstance(event, BatchStatusChanged):
+        counts = ", ".join(f"{k} {v}" for k, v in event.counts.items() if v)
+        return f"job {event.job_id}: batch {event.batch_id} {event.status.value}" + (f" ({counts})" if counts else "")
+    if isinstance(event, ResultsIngested):
+        return (f"job {event.job_id}: results of batch {event.batch_id} stored: {event.succeeded} succeeded, "
+                f"{event.failed} failed, {event.resubmitted} to send again")
+    if isinstance(event, RequestsResubmitted):
+        return (f"job {event.job_id}: {event.count} requests sent again in shard {event.shard_id} "
+                f"(attempt {event.attempt})")
+    c = event.counts
+    return (f"job {event.job_id} {event.status.value}: {c.completed} succeeded, {c.failed} failed, "
+            f"{c.cancelled} cancelled of {c.total}")
+
+
+async def log_events(bus: EventBus, logger: logging.Logger, *also: Callable[[AnyEvent], None]) -> None:
+    """Log every event of ``bus`` at INFO, one line each (a headless worker's story at ``-v``), and hand each to
+    ``also``; runs until cancelled."""
+    async with bus.subscribe() as events:
+        async for event in events:
+            logger.info("%s", describe(event))
+            for hook in also:
+                hook(event)

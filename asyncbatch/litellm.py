@@ -42,12 +42,14 @@ import msgspec
 from anyio.from_thread import BlockingPortal
 
 from .cost import CostReport, job_cost
-from .errors import NotFoundError, ValidationError
+from .engine.pool import spec_of
+from .errors import JobNotFoundError, NotFoundError, ValidationError
 from .export import output_line, write_results
 from .manager import BatchManager
-from .model import BatchStatus, Job, JobStatus, RequestCounts, RequestState, Shard
+from .model import BatchStatus, Job, JobStatus, RequestCounts, RequestState, Shard, ShardPhase
 from .providers import PROVIDER_NAMES, create_provider
-from .providers.base import BatchError
+from .providers.base import BatchError, Provider
+from .results import read_results
 
 log = logging.getLogger("asyncbatch")
 
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 TERMINAL_STATUSES = frozenset(s.value for s in BatchStatus if s.is_terminal)
+_UNSENT = frozenset({ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING})
 _LIVE_ONLY_PARAMS = frozenset({"timeout", "request_timeout", "max_workers", "deployment_id", "stream"})
 """LiteLLM's ``batch_completion`` arguments about its live calls; they mean nothing to a batch."""
 
@@ -68,6 +71,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
     db: str | None = None  # None: ``default_db_path()``, read when used
     drive: bool = True  # run the jobs in a background thread of this process
+    create_timeout: float = 120.0  # creating helpers return once the provider batches exist, or after this
     poll_interval: float = 5.0
     max_poll_interval: float = 300.0
     max_attempts: int = 3
@@ -245,7 +249,8 @@ def _status(job: Job, counts: RequestCounts, errors: list[BatchError]) -> BatchS
 
 
 class _Runtime:
-    """One event loop in a daemon thread: runs the helpers' coroutines, holds the managers, drives jobs."""
+    """One event loop in a daemon thread: runs the helpers' coroutines, holds one manager per store, and has
+    its engine run the jobs the helpers create or read, in the background."""
 
     def __init__(self) -> None:
         ready: queue.Queue[BlockingPortal] = queue.Queue()
@@ -258,7 +263,7 @@ class _Runtime:
         self._thread = threading.Thread(target=anyio.run, args=(serve,), name="asyncbatch-helpers", daemon=True)
         self._thread.start()
         self.portal = ready.get()
-        self._managers: dict[tuple[str, str | None, str | None], BatchManager] = {}
+        self._managers: dict[str, BatchManager] = {}
         self._driving: set[tuple[str, str]] = set()
         self._failures: dict[tuple[str, str], Exception] = {}
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, str]](1000)
@@ -280,8 +285,7 @@ class _Runtime:
     async def _drive(self, db: str, job_id: str) -> None:
         key = (db, job_id)
         try:
-            job = await (await self.reader(db)).status(job_id)
-            await (await self.manager_for_job(db, job)).wait(job_id)
+            await (await self.manager(db)).engine.run([job_id])
         except Exception as exc:  # kept for the next helper call about this job; the store is consistent
             log.warning("job %s stopped: %s (the next call about it resumes it)", job_id, exc)
             self._failures[key] = exc
@@ -289,7 +293,7 @@ class _Runtime:
             self._driving.discard(key)
 
     def drive(self, db: str, job: Job) -> None:
-        """Drive the job in the background unless it has ended, is driven already, or driving is off.
+        """Have the engine run the job in the background unless it has ended, runs already, or driving is off.
 
         A failure of an earlier drive is raised here, once; the call after that tries again.
         """
@@ -301,33 +305,35 @@ class _Runtime:
             self._driving.add(key)
             self._send.send_nowait(key)
 
-    async def _open(self, key: tuple[str, str | None, str | None], make: Callable[[], BatchManager]) -> BatchManager:
-        manager = self._managers.get(key)
+    async def manager(self, db: str) -> BatchManager:
+        """The one manager of a store in this process (its engine runs every drive of that store)."""
+        manager = self._managers.get(db)
         if manager is None:
-            manager = make()
+            manager = BatchManager(db, poll_interval=settings.poll_interval,
+                                   max_poll_interval=settings.max_poll_interval)
             await manager.open()
-            self._managers[key] = manager
+            self._managers[db] = manager
         return manager
 
-    async def reader(self, db: str) -> BatchManager:
-        """A manager that only reads the store (and cancels): no provider of its own."""
-        return await self._open((db, None, None), lambda: self._new_manager(db, None))
-
-    async def manager(self, db: str, provider: str, *, base_url: str | None, api_key: str | None) -> BatchManager:
-        """The manager of one store and one provider (name and base URL); the key never enters the map key."""
-        made = create_provider(provider, base_url=base_url, api_key=api_key)
-        key = (db, made.name, made.base_url)
-        if key in self._managers:
+    async def provider(self, db: str, name: str, *, base_url: str | None, api_key: str | None) -> Provider:
+        """A provider for new jobs (and for stored jobs of the same spec): a key given now is used from now on;
+        it is never stored."""
+        manager = await self.manager(db)
+        made = create_provider(name, base_url=base_url, api_key=api_key)
+        if api_key is None:
+            spec = spec_of(made)
             await made.aclose()
-        return await self._open(key, lambda: self._new_manager(db, made))
+            return manager.pool.get(spec)
+        manager.pool.add(made)
+        return made
 
-    async def manager_for_job(self, db: str, job: Job, api_key: str | None = None) -> BatchManager:
-        return await self.manager(db, job.provider, base_url=job.base_url, api_key=api_key)
-
-    @staticmethod
-    def _new_manager(db: str, provider: Any) -> BatchManager:
-        return BatchManager(db, provider=provider, poll_interval=settings.poll_interval,
-                            max_poll_interval=settings.max_poll_interval)
+    async def use_key(self, db: str, job: Job, api_key: str | None) -> None:
+        """Let the job's default provider use a key given in this call (it is never stored)."""
+        if api_key is None:
+            return
+        spec = job.spec(job.provider)
+        made = create_provider(spec.name, base_url=spec.base_url, api_key=api_key, **spec.options)
+        (await self.manager(db)).pool.add(made, spec)
 
     def close(self, grace: float = 10.0) -> None:
         """Cancel the drives (their store updates are shielded), close the managers, stop the loop.
@@ -410,17 +416,22 @@ async def _submit(
     api_key: str | None,
     api_base: str | None,
     max_attempts: int | None,
+    idempotency_key: str | None,
 ) -> tuple[str, Job]:
-    """Store a job (nothing is sent before it is stored) and start driving it.
+    """Store a job (nothing is sent before it is stored), have it run in the background, and return once its
+    provider batches exist (uploaded and created), as a LiteLLM user expects of a created batch.
 
     An ``endpoint`` is checked on every line, except that a file mixing endpoints (chat completions and
     embeddings lines) becomes a mixed job instead of an error: it runs as one provider batch per endpoint.
+    With ``idempotency_key`` a re-run (a notebook cell run again) returns the job it made the first time.
     """
     path = _db(db)
     runtime = _runtime()
-    manager = await runtime.manager(path, provider, base_url=api_base, api_key=api_key)
+    manager = await runtime.manager(path)
+    chosen = await runtime.provider(path, provider, base_url=api_base, api_key=api_key)
     options: dict[str, Any] = {"completion_window": completion_window, "metadata": metadata,
-                               "max_attempts": max_attempts or settings.max_attempts}
+                               "max_attempts": max_attempts or settings.max_attempts, "provider": chosen,
+                               "idempotency_key": idempotency_key}
     try:
         job = await manager.submit(source, endpoint=endpoint, **options)
     except ValidationError as exc:
@@ -428,7 +439,29 @@ async def _submit(
             raise
         job = await manager.submit(source, endpoint=None, **options)
     runtime.drive(path, job)
-    return path, job
+    # with driving off, a worker (``asyncbatch worker``) runs the job whenever it looks: nothing to wait for here
+    return path, await _until_created(path, job) if settings.drive else job
+
+
+async def _until_created(path: str, job: Job) -> Job:
+    """The job once every request is in a created provider batch (or it has ended), within
+    ``settings.create_timeout`` seconds; a drive that failed meanwhile is raised. The job goes on running in the
+    background; nothing is lost if the process exits now (the next call about it, or a worker, finishes it)."""
+    runtime = _runtime()
+    store = (await runtime.manager(path)).store
+    delay = 0.02
+    with anyio.move_on_after(settings.create_timeout):
+        while True:
+            job = await store.get_job(job.id)
+            runtime.drive(path, job)  # raises what an earlier drive of it failed with
+            unsent = [s for s in await store.job_shards(job.id) if s.phase in _UNSENT]
+            if job.status.is_terminal or (job.status is not JobStatus.OPEN and not job.counts.pending and not unsent):
+                return job
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    log.warning("job %s: its batches were not all created within %.0fs; it goes on in the background",
+                job.id, settings.create_timeout)
+    return job
 
 
 async def _batch_completion(
@@ -441,17 +474,19 @@ async def _batch_completion(
     metadata: Mapping[str, str] | None = None,
     completion_window: str = "24h",
     max_attempts: int | None = None,
+    idempotency_key: str | None = None,
     db: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     api_base: str | None = None,
     **params: Any,
 ) -> Batch:
-    """Submit one chat completion per message list as a batch job; returns the batch.
+    """Submit one chat completion per message list as a batch job; returns the batch once it is created.
 
     ``custom_ids`` default to ``request-000000``, ``request-000001``, ... in the order of ``messages``.
     The provider is ``provider`` / ``custom_llm_provider``, else chosen by the model name (``claude-*``:
     Anthropic). Other keyword arguments (``temperature``, ``max_tokens``, ...) go into every request body;
-    None values and LiteLLM's live-call options (``timeout``, ``max_workers``, ...) are dropped.
+    None values and LiteLLM's live-call options (``timeout``, ``max_workers``, ...) are dropped. With
+    ``idempotency_key``, running the same call again returns the same batch instead of paying again.
     """
     chosen, model_name = provider_for_model(model)
     name = provider or custom_llm_provider or chosen
@@ -464,10 +499,10 @@ async def _batch_completion(
          "body": {"model": model_name, "messages": list(chat), **extra}}
         for cid, chat in zip(ids, messages, strict=True)
     ]
-    _, job = await _submit(lines, provider=name, endpoint=CHAT_COMPLETIONS, completion_window=completion_window,
+    path, job = await _submit(lines, provider=name, endpoint=CHAT_COMPLETIONS, completion_window=completion_window,
                               metadata=metadata, db=db, api_key=api_key, api_base=api_base,
-                              max_attempts=max_attempts)
-    return _batch(job, [])
+                              max_attempts=max_attempts, idempotency_key=idempotency_key)
+    return await _view(path, job)
 
 
 async def _batch_completion_create(
@@ -479,20 +514,22 @@ async def _batch_completion_create(
     custom_llm_provider: str | None = None,
     provider: str | None = None,
     max_attempts: int | None = None,
+    idempotency_key: str | None = None,
     db: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     api_base: str | None = None,
 ) -> Batch:
-    """Submit an OpenAI-format batch JSONL file as a batch job; returns the batch.
+    """Submit an OpenAI-format batch JSONL file as a batch job; returns the batch once it is created.
 
     Lines may mix endpoints (chat completions and embeddings) and models: each (endpoint, model) runs as
-    its own provider batch. Without ``provider`` / ``custom_llm_provider`` the first line's model decides.
+    its own provider batch, and each line's model picks its provider (``anthropic/...``, ``claude-*``).
+    Without ``provider`` / ``custom_llm_provider`` the first line's model decides the default one.
     """
     name = provider or custom_llm_provider or await _provider_of_file(Path(input_file_path))
-    _, job = await _submit(Path(input_file_path), provider=name, endpoint=endpoint,
-                           completion_window=completion_window, metadata=metadata, db=db, api_key=api_key,
-                           api_base=api_base, max_attempts=max_attempts)
-    return _batch(job, [])
+    path, job = await _submit(Path(input_file_path), provider=name, endpoint=endpoint,
+                              completion_window=completion_window, metadata=metadata, db=db, api_key=api_key,
+                              api_base=api_base, max_attempts=max_attempts, idempotency_key=idempotency_key)
+    return await _view(path, job)
 
 
 class _FirstLine(msgspec.Struct):
@@ -513,21 +550,38 @@ async def _provider_of_file(path: Path) -> str:
     return provider_for_model(model)[0] if isinstance(model, str) else "openai"
 
 
+async def _view(path: str, job: Job) -> Batch:
+    return _batch(job, await (await _runtime().manager(path)).store.job_shards(job.id))
+
+
+async def _find(path: str, batch_id: str) -> Job:
+    """A job by its id, or by the id of one of its provider batches (``batch_...``, ``msgbatch_...``), as
+    LiteLLM users keep them from earlier runs."""
+    store = (await _runtime().manager(path)).store
+    try:
+        return await store.get_job(batch_id)
+    except JobNotFoundError:
+        found = await store.find_job(batch_id=batch_id)
+        if found is None:
+            raise JobNotFoundError(f"no batch {batch_id!r} in {path} (neither a job id nor a provider batch id)") \
+                from None
+        return await store.get_job(found.id)
+
+
 async def _job_view(batch_id: str, db: str | os.PathLike[str] | None, api_key: str | None = None) -> Batch:
     path = _db(db)
     runtime = _runtime()
-    reader = await runtime.reader(path)
-    job = await reader.status(batch_id)
-    if api_key is not None:  # a key given now serves the drive (it is never stored)
-        await runtime.manager_for_job(path, job, api_key)
+    job = await _find(path, batch_id)
+    await runtime.use_key(path, job, api_key)
     runtime.drive(path, job)
-    return _batch(job, await reader.shards(batch_id))
+    return await _view(path, job)
 
 
 async def _batch_completion_retrieve(
     batch_id: str, *, db: str | os.PathLike[str] | None = None, api_key: str | None = None
 ) -> Batch:
-    """The batch now. A job left unfinished by an earlier process is resumed here (unless driving is off)."""
+    """The batch now, by job id or by one of its provider batch ids. A job left unfinished by an earlier
+    process is resumed here (unless driving is off)."""
     return await _job_view(batch_id, db, api_key)
 
 
@@ -536,13 +590,13 @@ async def _batch_completion_list(
 ) -> BatchList:
     """Batches in the store, newest first; ``after`` (a batch id) pages on. The result has ``.data``."""
     path = _db(db)
-    reader = await _runtime().reader(path)
-    jobs = sorted(await reader.list_jobs(), key=lambda j: (j.created_at, j.id), reverse=True)
+    store = (await _runtime().manager(path)).store
+    jobs = sorted(await store.list_jobs(), key=lambda j: (j.created_at, j.id), reverse=True)
     start = 0
     if after is not None:
         start = next((i + 1 for i, job in enumerate(jobs) if job.id == after), len(jobs))
     page = jobs[start:start + limit]
-    data = [_batch(job, await reader.shards(job.id)) for job in page]
+    data = [_batch(job, await store.job_shards(job.id)) for job in page]
     return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=start + limit < len(jobs))
 
@@ -554,11 +608,12 @@ async def _batch_completion_cancel(
     is collected (the job goes through ``cancelling`` to ``cancelled``)."""
     path = _db(db)
     runtime = _runtime()
-    job = await (await runtime.reader(path)).status(batch_id)
-    manager = await runtime.manager_for_job(path, job, api_key)
-    job = await manager.cancel(batch_id)
+    manager = await runtime.manager(path)
+    job = await _find(path, batch_id)
+    await runtime.use_key(path, job, api_key)
+    job = await manager.cancel(job.id)
     runtime.drive(path, job)
-    return _batch(job, await manager.shards(batch_id))
+    return await _view(path, job)
 
 
 async def _wait(batch_id: str, db: str | os.PathLike[str] | None, max_wait: float | None) -> Batch:
@@ -585,16 +640,19 @@ async def _batch_completion_results(
     With ``wait`` (the default) it first waits for the batch to end (``TimeoutError`` after ``max_wait``
     seconds); without, it writes the results that are final so far.
     """
+    path = _db(db)
+    job = await _find(path, batch_id)
     if wait:
-        await _wait(batch_id, db, max_wait)
-    reader = await _runtime().reader(_db(db))
-    await write_results(reader, batch_id, output_path, fmt="openai")
+        await _wait(job.id, db, max_wait)
+    await write_results(await _runtime().manager(path), job.id, output_path, fmt="openai")
     return Path(output_path)
 
 
 async def _batch_completion_cost(batch_id: str, *, db: str | os.PathLike[str] | None = None) -> CostReport:
     """What the batch's billed results cost, what they would have cost live, and what was not priced."""
-    return await job_cost(await _runtime().reader(_db(db)), batch_id)
+    path = _db(db)
+    job = await _find(path, batch_id)
+    return await job_cost((await _runtime().manager(path)).store, job.id)
 
 
 # --- LiteLLM's Files + Batches names ---------------------------------------------------------------------
@@ -659,10 +717,11 @@ async def _create_batch(
     if not source.is_file():
         raise NotFoundError(f"no file {input_file_id!r} (make one with create_file)")
     name = custom_llm_provider or await _provider_of_file(source)
-    _, job = await _submit(source, provider=name, endpoint=endpoint, completion_window=completion_window,
-                           metadata={**(metadata or {}), "input_file_id": input_file_id}, db=db,
-                           api_key=api_key, api_base=api_base, max_attempts=None)
-    return _batch(job, [])
+    path, job = await _submit(source, provider=name, endpoint=endpoint, completion_window=completion_window,
+                              metadata={**(metadata or {}), "input_file_id": input_file_id}, db=db,
+                              api_key=api_key, api_base=api_base, max_attempts=None,
+                              idempotency_key=kwargs.get("idempotency_key"))
+    return await _view(path, job)
 
 
 async def _retrieve_batch(
@@ -716,9 +775,10 @@ async def _file_content(
     path = _db(db)
     for prefix, wanted in (("file-out-", True), ("file-err-", False)):
         if file_id.startswith(prefix):
-            reader = await _runtime().reader(path)
+            store = (await _runtime().manager(path)).store
             encoder = msgspec.json.Encoder()
-            lines = [encoder.encode(output_line(r, fmt="openai")) async for r in reader.results(file_id[len(prefix):])
+            lines = [encoder.encode(output_line(r, fmt="openai"))
+                     async for r in read_results(store, file_id[len(prefix):])
                      if (r.status is RequestState.SUCCEEDED) is wanted]
             return FileContent(b"".join(line + b"\n" for line in lines))
     source = _files_dir(path) / f"{file_id}.jsonl"

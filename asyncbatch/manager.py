@@ -1,72 +1,62 @@
-"""BatchManager: orchestration of jobs over a durable store and a provider.
+"""BatchManager: the caller's side of asyncbatch, over a durable store.
 
-The manager never speaks HTTP and never writes SQL. It validates and stores jobs, plans pending requests
-into shards, leases them and hands each to a ``ShardRunner`` (runner.py), which moves it through its
-phases; it reads results and events back. One anyio task group per run, one task per live shard.
+The manager validates and stores jobs, reads their status, results and events, acknowledges and cancels; it
+never speaks HTTP and never writes SQL. Running the work is the engine's (``asyncbatch.engine``): ``run`` and
+``wait`` hand jobs to it until they end, ``start`` lets it serve in the background of an async service, and an
+``asyncbatch worker`` process can do the same for every manager that submits to the same store.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from pathlib import Path
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-import msgspec
+import anyio.abc
 
-from .errors import AsyncBatchError, ProviderError, ValidationError
-from .events import (
-    AnyEvent,
-    EventBus,
-    JobFinished,
-    RequestsResubmitted,
-    watch_job,
-)
-from .failpoints import failpoint
-from .model import (
-    ErrorInfo,
-    Job,
-    JobStatus,
-    Outcome,
-    RequestState,
-    Result,
-    Shard,
-    Usage,
-)
-from .planner import RequestSource, Validator, check_metadata, validated_chunks
+from .engine import Engine, EngineConfig, ProviderPool, RetryStrategy, Router
+from .engine.pool import KeyResolver, env_key, spec_of
+from .errors import AsyncBatchError, JobConflictError, ProviderError, ValidationError
+from .events import AnyEvent, EventBus, watch_job
+from .model import Job, JobStatus, NewRequest, ProviderSpec, Result, Shard
 from .providers import create_provider
 from .providers.base import Provider, ShardLimits
-from .retry import RetryStrategy
-from .runner import ShardRunner
-from .store import LeaseLostError, NewRequest, SQLiteStore, Store, StoredResult, new_owner
+from .results import read_results
+from .store import Store, open_store
+from .validation import ContentDigest, RequestSource, Validator, check_metadata, validated_chunks
 
 if TYPE_CHECKING:
     from .cost import CostReport
 
 log = logging.getLogger("asyncbatch")
 
-UPLOADS_AT_ONCE = 4  # shards of one manager that build and upload their input files at the same time
-
 
 class BatchManager:
-    """Submit requests, drive them through provider batches, and read results back, durably.
+    """Submit requests, have them run through provider batches, and read results back, durably.
 
-    ``db`` is the SQLite file of the job store (created when missing). ``provider`` serves new jobs and
-    the jobs in the store that were made with the same provider and base URL; other jobs in the store get
-    their provider back by name (``create_provider``) with keys from the environment.
+    ``db`` names the job store: a SQLite file path (created when missing), ``sqlite:///path``,
+    ``postgresql://...``, or a ``Store``. ``provider`` (an instance or a name such as ``"anthropic"``) is the
+    default provider of new jobs; each request's model may route it elsewhere (``anthropic/claude-...``,
+    ``claude-*``; or pass a ``router``). Jobs found in the store get their providers back from what they
+    recorded, with keys from the environment (``keys`` resolves them otherwise).
+
+    The other keyword arguments are the engine's (``EngineConfig``): how often to poll, how large a batch may
+    be, how long a lease lasts...
     """
 
     def __init__(
         self,
         db: str | os.PathLike[str] | Store,
         *,
-        provider: Provider | None = None,
+        provider: Provider | str | None = None,
+        router: Router | None = None,
         poll_interval: float = 5.0,
         max_poll_interval: float = 300.0,
         max_requests_per_batch: int | None = None,
@@ -76,47 +66,45 @@ class BatchManager:
         retry: RetryStrategy | None = None,
         ingest_chunk: int = 10_000,
         capacity_hold: float = 60.0,
+        give_up_after: float = 900.0,
+        api_key_env: str | None = None,
+        keys: KeyResolver = env_key,
     ) -> None:
-        self.store: Store = db if not isinstance(db, str | os.PathLike) else SQLiteStore(db)
-        self._provider = provider
-        self._providers: dict[bytes, Provider] = {}
-        if provider is not None:
-            self._providers[_provider_key(provider.name, provider.base_url, provider.options())] = provider
-        self.poll_interval = poll_interval
-        self.max_poll_interval = max(max_poll_interval, poll_interval)
-        self.max_requests_per_batch = max_requests_per_batch
-        self.max_bytes_per_batch = max_bytes_per_batch
-        self.lease_seconds = lease_seconds
-        self.retry = retry or RetryStrategy()
-        self.ingest_chunk = ingest_chunk
-        self.capacity_hold = capacity_hold
-        store_path = self.store.path
-        default_spool = Path(store_path + ".spool") if store_path != ":memory:" else Path(".asyncbatch-spool")
-        self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool
-        self.owner = new_owner()
+        self.store: Store = db if not isinstance(db, str | os.PathLike) else open_store(db)
+        self.config = EngineConfig(
+            poll_interval=poll_interval, max_poll_interval=max(max_poll_interval, poll_interval),
+            max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch,
+            lease_seconds=lease_seconds, spool_dir=os.fspath(spool_dir) if spool_dir is not None else None,
+            ingest_chunk=ingest_chunk, capacity_hold=capacity_hold, give_up_after=give_up_after,
+        )
+        self.pool = ProviderPool(keys=keys)
         self.events = EventBus()
-        self.reconcile_lock = anyio.Lock()
-        self._wake = anyio.Event()
-        # Jobs whose cancel this manager has seen (its own cancel(), or the store at each run loop step), so
-        # that pollers need not read the job from the store on every poll.
-        self._cancelled: set[str] = set()
-        # Work that holds data in memory is bounded per manager, not per shard, so memory stays flat however
-        # many shards a job has (the run's lease keeper keeps the leases of shards that wait): one shard
-        # ingests at a time (all share one SQLite connection, so more at once gain nothing), and a few build
-        # and upload their files at a time.
-        self._ingest_slots = anyio.CapacityLimiter(1)
-        self._upload_slots = anyio.CapacityLimiter(UPLOADS_AT_ONCE)
+        self.engine = Engine(self.store, config=self.config, retry=retry, pool=self.pool, events=self.events)
+        self._api_key_env = api_key_env
+        self._default: ProviderSpec | None = self._spec(provider) if provider is not None else None
+        self._router = router
+        self._stack: AsyncExitStack | None = None
+        self._background: anyio.abc.TaskGroup | None = None
+        self._serving = False
 
     def __repr__(self) -> str:
-        return f"BatchManager({self.store.path!r})"
+        return f"BatchManager({self.store.url!r})"
 
     async def __aenter__(self) -> BatchManager:
         await self.open()
+        stack = AsyncExitStack()
+        self._background = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None and self._background is not None:
+            self._background.cancel_scope.cancel()  # background work stops; the store stays consistent
+            self._background = None
+            await stack.aclose()
         await self.aclose()
 
     async def open(self) -> None:
@@ -124,34 +112,47 @@ class BatchManager:
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            for provider in self._providers.values():
-                await provider.aclose()
+            await self.pool.aclose()
             await self.store.close()
 
-    # --- providers -----------------------------------------------------------------------------------------
+    # --- configuration kept readable for callers ---------------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        return self.engine.owner
+
+    @property
+    def retry(self) -> RetryStrategy:
+        return self.engine.retry
+
+    @property
+    def poll_interval(self) -> float:
+        return self.config.poll_interval
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.config.lease_seconds
+
+    @property
+    def spool_dir(self) -> os.PathLike[str]:
+        return self.engine.spool_dir
 
     @property
     def provider(self) -> Provider:
-        """The provider new jobs go to (OpenAI from the environment unless one was given)."""
-        if self._provider is None:
-            self._provider = create_provider("openai")
-            key = _provider_key(self._provider.name, self._provider.base_url, self._provider.options())
-            self._providers.setdefault(key, self._provider)
-        return self._provider
+        """The default provider of new jobs (OpenAI from the environment unless one was given)."""
+        return self.pool.get(self._default_spec())
 
-    def provider_for(self, job: Job) -> Provider:
-        """The provider a stored job was made for: the manager's own when it matches (name, base URL and
-        options), else rebuilt by name with the recorded options and a key from the environment."""
-        key = _provider_key(job.provider, job.base_url, job.provider_options)
-        if key not in self._providers:
-            self._providers[key] = create_provider(job.provider, base_url=job.base_url, **job.provider_options)
-        return self._providers[key]
+    def _default_spec(self) -> ProviderSpec:
+        if self._default is None:
+            self._default = self._spec("openai")
+        return self._default
+
+    def provider_for(self, job: Job, route: str | None = None) -> Provider:
+        """The provider that runs ``route`` of a stored job (default: its default provider)."""
+        return self.engine.provider(job, route if route is not None else job.provider)
 
     def limits_for(self, provider: Provider) -> ShardLimits:
-        return ShardLimits(
-            max_requests=min(provider.limits.max_requests, self.max_requests_per_batch or provider.limits.max_requests),
-            max_bytes=min(provider.limits.max_bytes, self.max_bytes_per_batch or provider.limits.max_bytes),
-        )
+        return self.config.limits(provider.limits)
 
     # --- submitting ----------------------------------------------------------------------------------------
 
@@ -164,55 +165,121 @@ class BatchManager:
         metadata: Mapping[str, str] | None = None,
         max_attempts: int = 3,
         job_id: str | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        check_keys: bool = True,
+        provider: Provider | str | None = None,
     ) -> Job:
         """Validate and store a job; returns once every request is committed. Nothing is sent yet.
 
         ``requests`` is a JSONL path, or an iterable / async iterable of OpenAI batch lines (dicts or
-        ``Request``s). With ``endpoint``, every line must be for it; without, a job may mix endpoints. Any
-        invalid request raises ``ValidationError`` naming its line and custom_id, and nothing is stored.
+        ``Request``s). With ``endpoint``, every line must be for it; without, a job may mix endpoints. Each
+        request's model picks its provider (see ``BatchManager``). Any invalid request raises ``ValidationError``
+        naming its line and custom_id, and nothing is stored; so does a provider without a key (``check_keys``).
+
+        ``idempotency_key`` (or ``job_id``) makes the submit safe to retry: a retry with the same requests
+        returns the job already stored, one with other requests raises ``JobConflictError``. ``provider`` is this
+        job's default provider, instead of the manager's.
         """
         if not 1 <= max_attempts <= 50:
             raise ValidationError("max_attempts must be between 1 and 50", field="max_attempts")
-        provider = self.provider
-        checker = getattr(provider, "check_job_options", None)
+        default = self._spec(provider) if provider is not None else self._default_spec()
         clean_metadata = check_metadata(metadata or {})
-        if checker is not None:
-            checker(completion_window, clean_metadata)
         now = time.time()
         job = Job(
-            id=job_id or f"job_{uuid.uuid4().hex[:24]}", provider=provider.name, base_url=provider.base_url,
-            provider_options=provider.options(),
-            endpoint=endpoint or "*", completion_window=completion_window, max_attempts=max_attempts,
-            metadata=clean_metadata, status=JobStatus.OPEN, created_at=now, updated_at=now,
+            id=job_id or f"job_{uuid.uuid4().hex[:24]}", provider=default.name, base_url=default.base_url,
+            provider_options=default.options, routes={}, endpoint=endpoint or "*",
+            completion_window=completion_window, max_attempts=max_attempts, metadata=clean_metadata,
+            status=JobStatus.OPEN, created_at=now, updated_at=now, owner=owner, idempotency_key=idempotency_key,
         )
-        validator = Validator(provider, endpoint)
-        count = await self.store.create_job(job, _non_empty(validated_chunks(requests, validator)))
+        validator = self._validator(endpoint, default)
+        if check_keys:
+            self.pool.get(default).check_key()
+        try:
+            count = await self.store.create_job(job, self._checked(job, requests, validator, check_keys=check_keys))
+        except JobConflictError:
+            return await self._resubmitted(job, requests, self._validator(endpoint, default))
         log.info("job %s stored with %d requests", job.id, count)
+        first = await self.store.find_job(content_hash=job.content_hash, owner=owner)
+        if first is not None and first.id != job.id:
+            log.warning("job %s holds the same requests as job %s, submitted earlier: running both pays twice "
+                        "(pass idempotency_key= to make a retried submit return the first)", job.id, first.id)
+        self.engine.notify()
         return await self._job(job.id)
+
+    def _spec(self, provider: Provider | str) -> ProviderSpec:
+        if isinstance(provider, str):
+            provider = create_provider(provider, key_env=self._api_key_env)
+        return self.pool.add(provider, spec_of(provider, self._api_key_env))
+
+    def _validator(self, endpoint: str | None, default: ProviderSpec) -> Validator:
+        router = self._router or Router(default)
+        return Validator(self.pool.get(default), endpoint, router=router, pool=self.pool)
+
+    async def _checked(
+        self, job: Job, requests: RequestSource, validator: Validator, *, check_keys: bool
+    ) -> AsyncIterator[list[NewRequest]]:
+        """The validated chunks, with the job's routes and digest filled in as they pass; once the last has
+        passed, every route's provider is asked whether it accepts the job's options and has a key, so that a
+        job that cannot run is refused before it is committed."""
+        digest = ContentDigest()
+        empty = True
+        async for chunk in validated_chunks(requests, validator):
+            empty = empty and not chunk
+            digest.add(chunk)
+            yield chunk
+        if empty:
+            raise ValidationError("the input holds no requests")
+        job.routes.update(validator.routes)
+        job.content_hash = digest.hexdigest()
+        for spec in job.routes.values():
+            provider = self.pool.get(spec)
+            checker = getattr(provider, "check_job_options", None)
+            if checker is not None:
+                checker(job.completion_window, job.metadata)
+            if check_keys:
+                provider.check_key()
+
+    async def _resubmitted(self, job: Job, requests: RequestSource, validator: Validator) -> Job:
+        """A submit whose job id or idempotency key is taken: the stored job if it holds these requests."""
+        existing = None
+        if job.idempotency_key is not None:
+            existing = await self.store.find_job(idempotency_key=job.idempotency_key, owner=job.owner)
+        if existing is None:
+            existing = await self.store.get_job(job.id)
+        digest = ContentDigest()
+        async for chunk in validated_chunks(requests, validator):
+            digest.add(chunk)
+        if digest.hexdigest() != existing.content_hash:
+            key = f"idempotency key {job.idempotency_key!r}" if job.idempotency_key else f"job id {job.id!r}"
+            raise JobConflictError(f"{key} names job {existing.id}, which holds other requests; "
+                                   "use a new key (or job id) to submit these")
+        log.info("job %s was submitted before with the same requests: returning it", existing.id)
+        return self._attach(existing)
 
     # --- reading -------------------------------------------------------------------------------------------
 
     async def status(self, job_id: str) -> Job:
         return await self._job(job_id)
 
-    async def list_jobs(self) -> list[Job]:
-        return [self._attach(job) for job in await self.store.list_jobs()]
+    async def list_jobs(self, *, owner: str | None = None) -> list[Job]:
+        return [self._attach(job) for job in await self.store.list_jobs(owner=owner)]
 
     async def cost(self, job_id: str) -> CostReport:
         """What the job's results cost at batch prices, and what the same requests would have cost live."""
         from .cost import job_cost
 
-        return await job_cost(self, job_id)
+        return await job_cost(self.store, job_id)
 
     async def _job(self, job_id: str) -> Job:
         return self._attach(await self.store.get_job(job_id))
 
     def _attach(self, job: Job) -> Job:
-        job.__dict__["_manager"] = self  # lets ``await job.cost()`` reach the store; never serialised
+        job.__dict__["_cost"] = functools.partial(self.cost, job.id)  # ``await job.cost()``; never serialised
         return job
 
     async def shards(self, job_id: str) -> list[Shard]:
-        await self.store.get_job(job_id)
+        await self.store.get_job(job_id, with_counts=False)
         return await self.store.job_shards(job_id)
 
     async def results(
@@ -224,19 +291,9 @@ class BatchManager:
         that is killed and restarted processes each result once. With ``raw_bodies=True`` each ``body`` is
         the stored JSON as ``msgspec.Raw``, not decoded: for writing it out again without a decode/encode.
         """
-        job = await self.store.get_job(job_id)
-        if all_attempts:
-            after = (0, 0)
-            while rows := await self.store.attempt_results(job_id, after=after):
-                for row in rows:
-                    yield _to_result(row, job.provider, raw_body=raw_bodies)
-                after = (rows[-1].rid, rows[-1].attempt)
-            return
-        after_rid = 0
-        while rows := await self.store.final_results(job_id, after_rid=after_rid, unconsumed=unconsumed):
-            for row in rows:
-                yield _to_result(row, job.provider, raw_body=raw_bodies)
-            after_rid = rows[-1].rid
+        async for result in read_results(self.store, job_id, all_attempts=all_attempts, unconsumed=unconsumed,
+                                         raw_bodies=raw_bodies):
+            yield result
 
     async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None:
         """Mark results consumed (durably); ``results(unconsumed=True)`` will not yield them again."""
@@ -247,7 +304,7 @@ class BatchManager:
         return await self.store.orphans(job_id)
 
     async def watch(self, job_id: str, *, poll_interval: float = 1.0) -> AsyncIterator[AnyEvent]:
-        """Events of a job, ending with ``JobFinished``: at once when this manager drives it, and synthesised
+        """Events of a job, ending with ``JobFinished``: at once when this manager runs it, and synthesised
         from the store every ``poll_interval`` seconds when another process does (see ``events.watch_job``)."""
         async for event in watch_job(self.store, self.events, job_id, poll_interval=poll_interval):
             yield event
@@ -257,18 +314,17 @@ class BatchManager:
     async def cancel(self, job_id: str) -> Job:
         """Cancel a job: pending requests end ``cancelled``, live provider batches are asked to cancel.
 
-        Results of requests that already ran are kept; ``run()`` collects them and ends the job.
+        Results of requests that already ran are kept; the engine collects them and ends the job.
         """
         job = await self.store.get_job(job_id)
         if job.status.is_terminal:
-            return job
+            return self._attach(job)
         remote = await self.store.request_cancel(job_id)
-        self._cancelled.add(job_id)
-        provider = self.provider_for(job)
+        self.engine.cancel_seen(job_id)
         for shard in remote:
             if shard.batch_id is not None and not (shard.batch_status and shard.batch_status.is_terminal):
                 try:
-                    await provider.cancel(shard.batch_id)
+                    await self.engine.provider(job, shard.route or job.provider).cancel(shard.batch_id)
                 except ProviderError as exc:  # the runner asks again when it polls
                     log.warning("cancel of batch %s failed: %s", shard.batch_id, exc)
         if not await self.store.job_has_live_work(job_id):
@@ -278,8 +334,13 @@ class BatchManager:
     # --- running -------------------------------------------------------------------------------------------
 
     async def wait(self, job_id: str) -> Job:
-        """Drive one job to its end and return it."""
-        await self.run([job_id])
+        """The job once it has ended: driven here until then, or, while ``start`` serves in the background,
+        waited for."""
+        if self._serving:
+            async for _event in self.watch(job_id, poll_interval=min(1.0, self.config.poll_interval)):
+                pass
+        else:
+            await self.engine.run([job_id])
         return await self._job(job_id)
 
     async def resume(self) -> list[Job]:
@@ -289,163 +350,19 @@ class BatchManager:
     async def run(self, job_ids: Sequence[str] | None = None) -> list[Job]:
         """Drive the named jobs (default: every unfinished one) to their end; returns them."""
         if job_ids is None:
-            job_ids = [job.id for job in await self.store.list_jobs() if not job.status.is_terminal]
-        else:
-            for job_id in job_ids:
-                await self.store.get_job(job_id)  # unknown ids fail now, not halfway
-        remaining = set(job_ids)
-        active: dict[int, str] = {}  # shard id -> job id, for the shard tasks of this run
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_leases)
-                while remaining:
-                    for job_id in sorted(remaining):
-                        if await self._step(job_id, tg, active):
-                            remaining.discard(job_id)
-                    if not remaining:
-                        break
-                    with anyio.move_on_after(min(self.lease_seconds / 3, 5.0)):
-                        await self._wake.wait()
-                    self._wake = anyio.Event()
-                tg.cancel_scope.cancel()  # every job has ended: only the lease keeper is left
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            job_ids = await self.store.unfinished_job_ids()
+        await self.engine.run(job_ids)
         return [await self._job(job_id) for job_id in job_ids]
 
-    async def _keep_leases(self) -> None:
-        """Renew every lease this manager holds, a third of a lease apart.
-
-        A shard stays ours for as long as we live, also through a wait the runner cannot interrupt (a long
-        Retry-After inside the HTTP layer, a slow upload): were the lease to lapse there, another worker
-        would take the shard over, find no batch yet, create one, and our retry would create a second.
-        """
-        while True:
-            await anyio.sleep(self.lease_seconds / 3)
-            await self.store.renew_leases(self.owner, self.lease_seconds)
-
-    async def _step(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> bool:
-        """Plan, claim and finish what can be for one job; True once the job has ended."""
-        job = await self.store.get_job(job_id, with_counts=False)
-        if job.status.is_terminal:
-            return True
-        if job.status is JobStatus.OPEN:
-            await self.store.set_job_status(job_id, JobStatus.RUNNING)
-        provider = self.provider_for(job)
-        if job.cancel_requested:
-            self._cancelled.add(job_id)
-            await self.store.cancel_pending(job_id)  # retryable failures that came back after the cancel
-        elif (limits := await self._plan_limits(job_id, provider)) is not None:
-            # Each shard is started as soon as it is planned: its upload and batch overlap the planning of
-            # the next, and its results can be ingested while the provider still runs later shards.
-            while planned := await self.store.plan_shard(job, limits, provider.wire_id):
-                if planned.attempt > 1:
-                    self.events.publish(RequestsResubmitted(job_id=job_id, shard_id=planned.id,
-                                                            count=planned.request_count, attempt=planned.attempt))
-                    failpoint("after_resubmit_plan")
-                await self._start_shards(job_id, tg, active)
-        await self._start_shards(job_id, tg, active)
-        if job_id in active.values() or await self.store.job_has_live_work(job_id):
-            return False
-        final = JobStatus.CANCELLED if job.cancel_requested else JobStatus.DONE
-        await self.store.set_job_status(job_id, final)
-        log.info("job %s %s", job_id, final.value)
-        self.events.publish(JobFinished(job_id=job_id, status=final, counts=await self.store.counts(job_id)))
-        return True
-
-    async def _start_shards(self, job_id: str, tg: anyio.abc.TaskGroup, active: dict[int, str]) -> None:
-        """Lease the job's live shards that nobody holds and start a task for each."""
-        for shard_id in await self.store.claim_shards(job_id, self.owner, self.lease_seconds):
-            if shard_id not in active:
-                active[shard_id] = job_id
-                tg.start_soon(self._shard_task, job_id, shard_id, active)
-
-    async def _plan_limits(self, job_id: str, provider: Provider) -> ShardLimits | None:
-        """The limits for planning the job's pending requests now, or None while the job is held.
-
-        After a batch failed because the provider's queue for the account was full (OpenAI's enqueued-token
-        limit, ``RetryStrategy.over_capacity``), the job waits ``capacity_hold`` seconds, then sends its
-        requests in batches half that size, and half again after each further such failure. Read from the
-        store, so a restarted process (or another worker) holds and halves the same way.
-        """
-        limits = self.limits_for(provider)
-        last = await self.store.last_failed_with(job_id, self.retry.capacity_batch_errors)
-        if last is None:
-            return limits
-        if time.time() < (last.ended_at or 0.0) + self.capacity_hold:
-            return None
-        return ShardLimits(max_requests=max(1, min(limits.max_requests, last.request_count // 2)),
-                           max_bytes=max(1, min(limits.max_bytes, last.bytes // 2)))
-
-    async def _shard_task(self, job_id: str, shard_id: int, active: dict[int, str]) -> None:
-        try:
-            await ShardRunner(self, job_id, shard_id).drive()
-        except LeaseLostError as exc:
-            log.info("%s", exc)
-        finally:
-            active.pop(shard_id, None)
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(AsyncBatchError):
-                    await self.store.release(shard_id, self.owner)
-            self._wake.set()
-
-    def spool_path(self, shard: Shard) -> Path:
-        return self.spool_dir / shard.job_id / f"shard-{shard.id}.jsonl"
-
-
-def _provider_key(name: str, base_url: str | None, options: Mapping[str, Any]) -> bytes:
-    return msgspec.json.encode([name, base_url, options], order="sorted")
-
-
-async def _non_empty(chunks: AsyncIterator[list[NewRequest]]) -> AsyncIterator[list[NewRequest]]:
-    """Pass chunks through; a job without a single request is an input error, not an empty job."""
-    empty = True
-    async for chunk in chunks:
-        empty = empty and not chunk
-        yield chunk
-    if empty:
-        raise ValidationError("the input holds no requests")
-
-
-_OUTCOMES = {outcome.value: outcome for outcome in Outcome}  # a dict lookup is 10x cheaper than Outcome(x)
-
-
-def _to_result(row: StoredResult, provider: str, *, raw_body: bool = False) -> Result:
-    body: Any = None
-    if row.body is not None:
-        body = msgspec.Raw(row.body) if raw_body else msgspec.json.decode(row.body)
-    error: ErrorInfo | None = None
-    if row.state is not RequestState.SUCCEEDED:
-        code = row.request_error_code or row.error_code or (f"http_{row.status_code}" if row.status_code else None)
-        message = row.request_error_message or row.error_message or ""
-        if not message and row.body is not None:
-            decoded = msgspec.json.decode(row.body)
-            if isinstance(decoded, dict) and isinstance(decoded.get("error"), dict):
-                message = str(decoded["error"].get("message", ""))
-        error = ErrorInfo(code=code or "failed", message=message)
-    usage = None
-    if row.input_tokens is not None or row.output_tokens is not None:
-        usage = Usage(input_tokens=row.input_tokens or 0, output_tokens=row.output_tokens or 0,
-                      cached_input_tokens=row.cached_tokens or 0)
-    return Result(
-        custom_id=row.custom_id, status=row.state, attempt=row.attempt,
-        outcome=_OUTCOMES[row.outcome] if row.outcome else None, status_code=row.status_code, body=body, error=error,
-        usage=usage, model=row.model, batch_id=row.batch_id, request_id=row.request_id, provider=provider,
-    )
-
-
-def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The error a caller should see from a failed run: ours first, then anything else."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
+    def start(self, job_ids: Sequence[str] | None = None, *, max_jobs: int | None = None) -> None:
+        """Run jobs in the background of an async service and return at once: the named ones until they end, or
+        (by default) every unfinished job and every job submitted later, as ``asyncbatch worker`` does, until the
+        manager is closed. Needs ``async with BatchManager(...)``, whose task group holds the work; ``wait``
+        then waits for a job instead of running it."""
+        if self._background is None:
+            raise AsyncBatchError("start() needs the manager as a context manager: `async with BatchManager(...)`")
+        if job_ids is None:
+            self._serving = True
+            self._background.start_soon(functools.partial(self.engine.serve, max_jobs=max_jobs))
         else:
-            leaves.append(exc)
-
-    walk(group)
-    for leaf in leaves:
-        if isinstance(leaf, AsyncBatchError):
-            return leaf
-    return leaves[0]
+            self._background.start_soon(self.engine.run, list(job_ids))

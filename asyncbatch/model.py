@@ -7,7 +7,8 @@ dicts around except for request and response *bodies*, which belong to the provi
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -204,11 +205,28 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
 # --- jobs and shards -------------------------------------------------------------------------------------
 
 
+class ProviderSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """How to rebuild one provider of a job after a restart: its name, base URL and options, and where its key
+    is. Never the key itself: ``key_env`` names the environment variable that holds it when it is not the
+    provider's usual one (``--api-key-env``), and a gateway resolves keys of its own routes from its config."""
+
+    name: str
+    base_url: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    key_env: str | None = None
+
+
 class Job(msgspec.Struct, kw_only=True, dict=True):
     """One logical submission. ``counts`` is filled by the store when the job is read.
 
-    A job returned by a ``BatchManager`` knows its manager (outside the struct's fields, so it is never
-    encoded), which is what lets ``await job.cost()`` work.
+    ``provider``, ``base_url`` and ``provider_options`` describe the job's default provider; ``routes`` maps
+    every route name its requests use (the default one included) to the provider that serves it, so one job
+    may span providers (a request's model picks its route at submit). ``owner`` is a gateway tenant (None for
+    jobs of the library and the CLI); ``idempotency_key`` makes a retried submit return the same job, and
+    ``content_hash`` tells a retry with the same requests from one with other requests.
+
+    A job returned by a ``BatchManager`` knows how to price itself (outside the struct's fields, so it is
+    never encoded), which is what lets ``await job.cost()`` work.
     """
 
     id: str
@@ -224,13 +242,26 @@ class Job(msgspec.Struct, kw_only=True, dict=True):
     updated_at: float
     cancel_requested: bool = False
     counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
+    routes: dict[str, ProviderSpec] = msgspec.field(default_factory=dict)
+    owner: str | None = None
+    idempotency_key: str | None = None
+    content_hash: str | None = None
+
+    def spec(self, route: str) -> ProviderSpec:
+        """The provider of ``route`` (a job stored before routes existed has only its default provider)."""
+        found = self.routes.get(route)
+        if found is not None:
+            return found
+        if route in ("", self.provider):
+            return ProviderSpec(name=self.provider, base_url=self.base_url, options=self.provider_options)
+        raise AsyncBatchError(f"job {self.id} has no provider route {route!r}")
 
     async def cost(self) -> CostReport:
         """The cost report of this job (see ``BatchManager.cost``)."""
-        manager = self.__dict__.get("_manager")
-        if manager is None:
+        price = self.__dict__.get("_cost")
+        if price is None:
             raise AsyncBatchError("this Job was not read through a BatchManager; use `await manager.cost(job_id)`")
-        report: CostReport = await manager.cost(self.id)
+        report: CostReport = await price()
         return report
 
 
@@ -251,7 +282,7 @@ class ShardInfo(msgspec.Struct, kw_only=True):
 
 
 class Shard(msgspec.Struct, kw_only=True):
-    """A shard as the store keeps it."""
+    """A shard as the store keeps it. ``route`` names the provider of the job that runs it (``Job.routes``)."""
 
     id: int
     job_id: str
@@ -262,6 +293,7 @@ class Shard(msgspec.Struct, kw_only=True):
     model: str | None
     request_count: int
     bytes: int
+    route: str = ""
     spool_path: str | None = None
     file_id: str | None = None
     batch_id: str | None = None
@@ -273,3 +305,198 @@ class Shard(msgspec.Struct, kw_only=True):
     created_at: float = 0.0
     creating_at: float | None = None
     ended_at: float | None = None
+    provider_created_at: float | None = None  # the batch's creation time on the provider's clock
+    results_expire_at: float | None = None  # when the provider drops the results (provider's clock)
+    last_error: str | None = None  # the last failure of a step, shown while the shard waits to try again
+
+
+# --- provider batches, as every provider reports them ----------------------------------------------------
+
+
+class ShardLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """How much one provider batch may hold. The planner stays below both."""
+
+    max_requests: int
+    max_bytes: int
+
+
+class BatchError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A batch-level error (validation failure, token limit), as OpenAI's ``errors.data[]`` items."""
+
+    code: str
+    message: str = ""
+    line: int | None = None
+    param: str | None = None
+
+
+class RemoteBatch(msgspec.Struct, kw_only=True):
+    """A provider batch, normalised. ``raw_status`` keeps the provider's own word."""
+
+    id: str
+    status: BatchStatus
+    raw_status: str
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[BatchError] = msgspec.field(default_factory=list)
+    created_at: float = 0.0
+    token: str | None = None  # the client token, where the provider echoes it back (metadata)
+    cancel_requested: bool = False  # cancelled by someone (us or the user on the console)
+
+
+class ResultLine(msgspec.Struct, kw_only=True, gc=False):
+    """One line of a provider's results, normalised. ``body`` is the native response body as raw JSON.
+
+    ``gc=False`` here and on the other structs made once per request or result: they hold strings, numbers
+    and raw bytes, never a reference cycle, and untracked they cost the cyclic garbage collector nothing (it
+    walked every one of them at each collection: a fifth of the ingestion's Python time at 50,000 results).
+    """
+
+    wire_id: str  # the custom_id as sent to the provider (see Provider.wire_id)
+    outcome: Outcome
+    status_code: int | None = None
+    body: msgspec.Raw | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: Usage | None = None
+    request_id: str | None = None
+    model: str | None = None
+    line_id: str | None = None  # the provider's own id of the line (OpenAI ``batch_req_...``)
+
+
+# --- rows that cross the store seam ----------------------------------------------------------------------
+
+WireIdFn = Callable[[str, int, str], str]
+"""(custom_id, rid, shard token) -> the custom_id the provider sees (``Provider.wire_id``)."""
+
+
+class NewRequest(msgspec.Struct, kw_only=True, gc=False):
+    """A validated request on its way into the store. ``line`` is kept for error messages only."""
+
+    custom_id: str
+    route: str
+    url: str
+    model: str | None
+    body: bytes
+    size: int
+    line: int
+
+
+class PendingRequest(msgspec.Struct, kw_only=True, gc=False, array_like=True):
+    """A request waiting for a shard, as the planner reads it (ordered by route, url, model, rid)."""
+
+    rid: int
+    custom_id: str
+    route: str
+    url: str
+    model: str | None
+    size: int
+    attempts: int
+
+
+class PlannedShard(msgspec.Struct, kw_only=True):
+    """A shard being filled by the planner: one route, endpoint and model, under the provider's limits."""
+
+    route: str
+    endpoint: str
+    model: str | None
+    request_count: int
+    bytes: int
+    id: int = 0
+    attempt: int = 1
+    token: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class Settlement(msgspec.Struct, kw_only=True, frozen=True):
+    """What becomes of the members of a shard that got no result: re-queued (``pending``, while attempts
+    remain, else ``failed``), or ended in ``state``, with the reason."""
+
+    state: RequestState
+    error_code: str
+    error_message: str
+    max_attempts: int = 1
+    refund: bool = False  # re-queued without using up the attempt (the provider ran nothing, for its own reason)
+
+
+class ResultRow(msgspec.Struct, kw_only=True, gc=False):
+    """One result to upsert, with the request state it leads to.
+
+    The field order is the parameter order of the ``upsert_result`` and ``settle_request`` queries (plus the
+    shard id at the end): a row binds as ``(*astuple(row), shard_id)``, with no per-field Python work.
+    """
+
+    rid: int
+    attempt: int
+    outcome: Outcome
+    state: RequestState
+    status_code: int | None = None
+    body: bytes | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    model: str | None = None
+    request_id: str | None = None
+    line_id: str | None = None
+
+
+class StoredResult(msgspec.Struct, kw_only=True, gc=False):
+    """A request joined with one of its results, as read back from the store."""
+
+    rid: int
+    custom_id: str
+    state: RequestState
+    attempt: int
+    request_error_code: str | None
+    request_error_message: str | None
+    outcome: str | None
+    status_code: int | None
+    body: bytes | None
+    error_code: str | None
+    error_message: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_tokens: int | None
+    model: str | None
+    request_id: str | None
+    line_id: str | None
+    batch_id: str | None
+    route: str = ""
+
+
+class Lease(msgspec.Struct, kw_only=True, frozen=True):
+    """The right to change one shard: who holds it, and the fencing token of this grant.
+
+    Every state change of a shard names its lease, and the store applies it only while the token is still the
+    shard's: a worker that was paused past its lease and woke up after another took the shard over changes
+    nothing, even if it claims the shard again later (a new claim is a new token).
+    """
+
+    shard_id: int
+    owner: str
+    token: int
+
+
+class JobAudit(msgspec.Struct, kw_only=True):
+    """Everything needed to check a job's exactly-once guarantees from outside the engine (tests, ``db check``).
+
+    ``requests`` maps custom_id -> (state, attempts); ``wire_ids`` custom_id -> every id it was sent under;
+    ``successes`` custom_id -> the attempts with a stored success; ``tokens`` holds every shard token of the job.
+    """
+
+    requests: dict[str, tuple[RequestState, int]]
+    wire_ids: dict[str, list[str]]
+    successes: dict[str, list[int]]
+    tokens: list[str]
+    integrity: str
+
+
+class StoreStats(msgspec.Struct, kw_only=True):
+    """Counts over a whole store, for metrics: jobs by status, shards by phase, live provider batches by their
+    status, requests by state."""
+
+    jobs: dict[str, int]
+    shards: dict[str, int]
+    batches: dict[str, int]
+    requests: dict[str, int]

@@ -10,10 +10,13 @@ from typing import Any
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
 
-async def plan_all(store: Any, job: Any, limits: Any, wire_id: Any) -> list[Any]:
-    """Plan every pending request of ``job`` into shards, as the manager does one shard at a time."""
+async def plan_all(store: Any, job_id: str, limits: Any, wire_id: Any) -> list[Any]:
+    """Plan every pending request of a job into shards, as the engine does one shard at a time (the same limits
+    and wire ids for every route)."""
+    from asyncbatch.engine.planning import plan_shard
+
     planned = []
-    while shard := await store.plan_shard(job, limits, wire_id):
+    while shard := await plan_shard(store, job_id, lambda route: limits, lambda route: wire_id):
         planned.append(shard)
     return planned
 

@@ -11,6 +11,7 @@ import importlib
 import os
 from typing import Any, NamedTuple
 
+from ..errors import UnknownProviderError
 from .base import BatchError, Provider, RemoteBatch, ResultLine, ShardLimits
 
 _GROQ = {
@@ -47,19 +48,27 @@ _REGISTRY: dict[str, _Entry] = {
 PROVIDER_NAMES = tuple(_REGISTRY)
 
 
-def create_provider(name: str, *, base_url: str | None = None, api_key: str | None = None, **options: Any) -> Provider:
-    """A provider by name; the key comes from ``api_key`` or the provider's usual environment variable."""
+def create_provider(
+    name: str, *, base_url: str | None = None, api_key: str | None = None, key_env: str | None = None, **options: Any
+) -> Provider:
+    """A provider by name; the key comes from ``api_key``, else the variable ``key_env``, else the provider's usual
+    environment variable."""
     try:
         entry = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}") from None
-    if entry.key_env is not None:
+        raise UnknownProviderError(f"unknown provider {name!r}; known: {', '.join(PROVIDER_NAMES)}",
+                                   field="provider") from None
+    if key_env is not None:
+        api_key = api_key or os.environ.get(key_env)
+    elif entry.key_env is not None:
         api_key = api_key or os.environ.get(entry.key_env)
     merged = {**entry.defaults, **options}
     if isinstance(merged.get("limits"), dict):  # as recorded with a job
         merged["limits"] = ShardLimits(**merged["limits"])
     cls = getattr(importlib.import_module(entry.module), entry.cls)
     provider: Provider = cls(api_key=api_key, base_url=base_url or entry.base_url, **merged)
+    if key_env is not None:
+        provider.api_key_env = key_env  # what a missing-key error names
     return provider
 
 

@@ -31,10 +31,14 @@ class HttpProvider:
     def _missing_key(self) -> str:
         return f"no API key: pass api_key= or set {self.api_key_env}"
 
+    def check_key(self) -> None:
+        if not self._api_key:
+            raise AuthenticationError(self._missing_key())
+
     def _client(self) -> HttpClient:
         if self._http is None:
-            if not self._api_key:
-                raise AuthenticationError(self._missing_key())
+            self.check_key()
+            assert self._api_key is not None
             self._http = HttpClient(
                 self.base_url,
                 headers=self._auth_headers(self._api_key),

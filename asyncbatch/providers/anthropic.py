@@ -160,6 +160,7 @@ class AnthropicProvider(HttpProvider):
     """
 
     name = "anthropic"
+    api_key_env = API_KEY_ENV
     #: A batch may answer 404 for a short while after its create (Anthropic's eventual consistency).
     visibility_grace: float = 60.0
 
@@ -179,7 +180,7 @@ class AnthropicProvider(HttpProvider):
     ) -> None:
         super().__init__(
             base_url=(base_url or os.environ.get(BASE_URL_ENV) or ANTHROPIC_BASE_URL).rstrip("/"),
-            api_key=api_key or os.environ.get(API_KEY_ENV), retry=retry, max_connections=max_connections,
+            api_key=api_key or os.environ.get(self.api_key_env), retry=retry, max_connections=max_connections,
             timeout=timeout,
         )
         self.limits = limits or DEFAULT_LIMITS
@@ -250,11 +251,15 @@ class AnthropicProvider(HttpProvider):
         return {"x-api-key": api_key, **self._headers}
 
     def _missing_key(self) -> str:
-        return f"no Anthropic API key: pass api_key= or set {API_KEY_ENV}"
+        return f"no Anthropic API key: pass api_key= or set {self.api_key_env}"
 
     async def upload(self, shard: ShardInfo) -> None:
         """Nothing to upload: requests travel inline with the create call."""
         return None
+
+    async def file_exists(self, file_id: str) -> bool:
+        """Anthropic batches upload no file: there is none to lose."""
+        return True
 
     async def create(self, shard: ShardInfo, file_id: str | None = None) -> RemoteBatch:
         """POST the shard's requests, streamed from its spool file (re-read from the start on each try).

@@ -11,60 +11,11 @@ from collections.abc import AsyncGenerator, Collection
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import msgspec
+# The values a provider hands over live with every other seam value in ``asyncbatch.model``; they stay
+# importable from here, where provider implementations look for them.
+from ..model import BatchError, RemoteBatch, Request, ResultLine, ShardInfo, ShardLimits
 
-from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
-
-
-class ShardLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """How much one provider batch may hold. The planner stays below both."""
-
-    max_requests: int
-    max_bytes: int
-
-
-class BatchError(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A batch-level error (validation failure, token limit), as OpenAI's ``errors.data[]`` items."""
-
-    code: str
-    message: str = ""
-    line: int | None = None
-    param: str | None = None
-
-
-class RemoteBatch(msgspec.Struct, kw_only=True):
-    """A provider batch, normalised. ``raw_status`` keeps the provider's own word."""
-
-    id: str
-    status: BatchStatus
-    raw_status: str
-    counts: dict[str, int] = msgspec.field(default_factory=dict)
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    errors: list[BatchError] = msgspec.field(default_factory=list)
-    created_at: float = 0.0
-    token: str | None = None  # the client token, where the provider echoes it back (metadata)
-    cancel_requested: bool = False  # cancelled by someone (us or the user on the console)
-
-
-class ResultLine(msgspec.Struct, kw_only=True, gc=False):
-    """One line of a provider's results, normalised. ``body`` is the native response body as raw JSON.
-
-    ``gc=False`` here and on the other structs made once per request or result: they hold strings, numbers
-    and raw bytes, never a reference cycle, and untracked they cost the cyclic garbage collector nothing (it
-    walked every one of them at each collection: a fifth of the ingestion's Python time at 50,000 results).
-    """
-
-    wire_id: str  # the custom_id as sent to the provider (see Provider.wire_id)
-    outcome: Outcome
-    status_code: int | None = None
-    body: msgspec.Raw | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    usage: Usage | None = None
-    request_id: str | None = None
-    model: str | None = None
-    line_id: str | None = None  # the provider's own id of the line (OpenAI ``batch_req_...``)
+__all__ = ["BatchError", "Provider", "RemoteBatch", "ResultLine", "ShardLimits"]
 
 
 @runtime_checkable
@@ -75,6 +26,10 @@ class Provider(Protocol):
     base_url: str
     limits: ShardLimits
     visibility_grace: float  # seconds during which a 404 on a just-created batch means "not visible yet"
+    api_key_env: str  # the environment variable the key is read from (named by errors about a missing key)
+
+    def check_key(self) -> None:
+        """Raise ``AuthenticationError`` naming ``api_key_env`` when there is no key: at submit, not hours later."""
 
     def options(self) -> dict[str, Any]:
         """Settings that change what is sent (never the key), as JSON values: recorded with each job, so a
@@ -94,6 +49,9 @@ class Provider(Protocol):
 
     async def upload(self, shard: ShardInfo) -> str | None:
         """Upload the shard's spool file; return the provider's file id, or None for inline providers."""
+
+    async def file_exists(self, file_id: str) -> bool:
+        """Whether an uploaded input file is still there (a create refused for a gone file uploads again)."""
 
     async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
         """Create the provider batch. The shard's token must travel with it (metadata or ids)."""

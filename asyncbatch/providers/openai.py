@@ -20,7 +20,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ..errors import ProviderError, RateLimitedError, TransientError, ValidationError
+from ..errors import NotFoundError, ProviderError, RateLimitedError, TransientError, ValidationError
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from ._http import HttpProvider
@@ -377,6 +377,13 @@ class OpenAIProvider(HttpProvider):
             for handle in opened:
                 handle.close()
         return msgspec.json.decode(response.body, type=_FileObject).id
+
+    async def file_exists(self, file_id: str) -> bool:
+        try:
+            await self._client().request("GET", self._path(f"/files/{file_id}"))
+        except NotFoundError:
+            return False
+        return True
 
     async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
         """Create the batch, at most once per token.

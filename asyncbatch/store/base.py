@@ -1,144 +1,151 @@
-"""What the engine needs from a job store, and the rows that cross that boundary.
+"""What the engine and the client need from a job store: the ``Store`` protocol, backend-neutral.
 
-The manager talks to a ``Store``; ``SQLiteStore`` is the implementation (a file, or ``":memory:"`` for
-throwaway runs). The store knows nothing of providers beyond the normalised values in ``providers.base``.
+A store persists; it decides nothing. Sharding, lease policy (who is alive), retries and routing live in the
+engine, which drives a store through these calls. Every state change is one short transaction; a shard changes
+only under its ``Lease`` (owner + fencing token); lease expiry is judged by the store's own clock. The seam values
+are in ``asyncbatch.model``. ``tests/store`` holds the contract suite every backend must pass.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-import msgspec
+from ..errors import BatchClaimedError, LeaseLostError
+from ..model import (
+    BatchError,
+    Job,
+    JobAudit,
+    JobStatus,
+    Lease,
+    NewRequest,
+    PendingRequest,
+    PlannedShard,
+    ProviderSpec,
+    RemoteBatch,
+    RequestCounts,
+    ResultRow,
+    Settlement,
+    Shard,
+    StoredResult,
+    StoreStats,
+)
 
-from ..errors import StoreError
-from ..model import Job, JobStatus, Outcome, RequestCounts, RequestState, Shard
-from ..providers.base import BatchError, RemoteBatch, ShardLimits
-
-WireIdFn = Callable[[str, int, str], str]
-"""(custom_id, rid, shard token) -> the custom_id the provider sees (``Provider.wire_id``)."""
-
-
-class LeaseLostError(StoreError):
-    """Another worker holds the shard now (or it moved on); this worker must stop touching it."""
-
-
-class BatchClaimedError(StoreError):
-    """The provider batch is already recorded for another shard (found by two reconciliations at once)."""
-
-
-class NewRequest(msgspec.Struct, kw_only=True, gc=False):
-    """A validated request on its way into the store. ``line`` is kept for error messages only."""
-
-    custom_id: str
-    url: str
-    model: str | None
-    body: bytes
-    size: int
-    line: int
-
-
-class PlannedShard(msgspec.Struct, kw_only=True):
-    endpoint: str
-    model: str | None
-    request_count: int
-    bytes: int
-    id: int = 0
-    attempt: int = 1
-    token: str = msgspec.field(default_factory=lambda: uuid.uuid4().hex)
+__all__ = [
+    "BatchClaimedError",
+    "LeaseLostError",
+    "PlanningSession",
+    "Store",
+]
 
 
-class Settlement(msgspec.Struct, kw_only=True, frozen=True):
-    """What becomes of the members of a shard that got no result: re-queued (``pending``, while attempts
-    remain, else ``failed``), or ended in ``state``, with the reason."""
+class PlanningSession(Protocol):
+    """One planning transaction of one job: the engine reads pending requests and fills one shard with them.
 
-    state: RequestState
-    error_code: str
-    error_message: str
-    max_attempts: int = 1
-    refund: bool = False  # re-queued without using up the attempt (the provider ran nothing, for its own reason)
-
-
-class ResultRow(msgspec.Struct, kw_only=True, gc=False):
-    """One result to upsert, with the request state it leads to.
-
-    The field order is the parameter order of the ``upsert_result`` and ``settle_request`` queries (plus the
-    shard id at the end): a row binds as ``(*astuple(row), shard_id)``, with no per-field Python work.
+    Requests read here are the session's until it ends (another worker planning the same job does not get them),
+    and everything added is committed together when the session's context exits without an error.
     """
 
-    rid: int
-    attempt: int
-    outcome: Outcome
-    state: RequestState
-    status_code: int | None = None
-    body: bytes | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_tokens: int | None = None
-    model: str | None = None
-    request_id: str | None = None
-    line_id: str | None = None
+    async def pending(self, limit: int) -> list[PendingRequest]:
+        """Pending requests of the job not yet put into a shard by this session, by (route, url, model, rid)."""
 
+    async def add_shard(self, shard: PlannedShard) -> int:
+        """Insert the (empty) shard in phase ``planned``; returns its id, also set on ``shard.id``."""
 
-class StoredResult(msgspec.Struct, kw_only=True, gc=False):
-    """A request joined with one of its results, as read back from the store."""
-
-    rid: int
-    custom_id: str
-    state: RequestState
-    attempt: int
-    request_error_code: str | None
-    request_error_message: str | None
-    outcome: str | None
-    status_code: int | None
-    body: bytes | None
-    error_code: str | None
-    error_message: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cached_tokens: int | None
-    model: str | None
-    request_id: str | None
-    line_id: str | None
-    batch_id: str | None
+    async def add_members(self, shard: PlannedShard, members: Sequence[tuple[int, str, int]]) -> None:
+        """Put requests into the shard: (rid, wire_id, attempt in this shard). Their membership is committed
+        before any file is built (invariant 2); they leave ``pending``; the shard's size becomes ``shard``'s."""
 
 
 class Store(Protocol):
-    """The durable job store the manager drives (see SQLiteStore for the semantics of each call)."""
+    """The durable job store (see ``SQLiteStore`` for the semantics of each call, and ``tests/store``)."""
 
-    path: str
+    url: str  # how the store was named, without credentials (for messages)
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def integrity_check(self) -> str: ...
+    async def ping(self) -> None:
+        """A trivial round trip: the store answers."""
 
-    async def create_job(self, job: Job, chunks: AsyncIterator[Sequence[NewRequest]]) -> int: ...
+    async def wait_for_change(self, within: float) -> None:
+        """Return when another connection may have committed something (a new job, a cancel), or after
+        ``within`` seconds: how a serving worker notices work without polling hard."""
+
+    # --- jobs (the client side) -------------------------------------------------------------------------------
+
+    async def create_job(self, job: Job, chunks: AsyncIterator[Sequence[NewRequest]]) -> int:
+        """Insert the job and all its requests in one transaction (invariant 1); returns the request count.
+        ``job.routes`` and ``job.content_hash`` are written as they are after the last chunk. An existing job id,
+        or idempotency key of the same owner, raises ``JobConflictError`` before any chunk is read."""
+
+    async def find_job(self, *, idempotency_key: str | None = None, content_hash: str | None = None,
+                       batch_id: str | None = None, owner: str | None = None) -> Job | None:
+        """The owner's job with this idempotency key, else the first with this content hash, else the job one of
+        whose shards has this provider batch id."""
+
     async def get_job(self, job_id: str, *, with_counts: bool = ...) -> Job: ...
-    async def list_jobs(self) -> list[Job]: ...
+    async def list_jobs(self, *, owner: str | None = ..., unfinished: bool = ...) -> list[Job]: ...
+    async def unfinished_job_ids(self) -> list[str]: ...
     async def counts(self, job_id: str) -> RequestCounts: ...
     async def set_job_status(self, job_id: str, status: JobStatus) -> bool: ...
-    async def request_cancel(self, job_id: str) -> list[Shard]: ...
+    async def set_route(self, job_id: str, route: str, spec: ProviderSpec) -> None:
+        """Repoint one route of a job (a new base URL, a key variable): shards not yet created use it."""
+
+    async def request_cancel(self, job_id: str) -> list[Shard]:
+        """Mark the job cancelled, cancel its pending requests and unsent shards; returns the shards that may
+        exist at the provider, for the caller to cancel there."""
+
     async def cancel_pending(self, job_id: str) -> None: ...
     async def job_has_live_work(self, job_id: str) -> bool: ...
 
-    async def plan_shard(self, job: Job, limits: ShardLimits, wire_id: WireIdFn) -> PlannedShard | None: ...
-    async def claim_shards(self, job_id: str, owner: str, lease_seconds: float) -> list[int]: ...
-    async def renew_lease(self, shard_id: int, owner: str, lease_seconds: float) -> None: ...
+    # --- planning and leases (the engine) ---------------------------------------------------------------------
+
+    def planning(self, job_id: str) -> AbstractAsyncContextManager[PlanningSession]: ...
+    async def lease_holders(self, job_id: str) -> set[str]:
+        """Owners that hold a lease on a live shard of the job that has not expired (by the store's clock)."""
+
+    async def claim_shards(
+        self, job_id: str, owner: str, lease_seconds: float, *, take_over: Collection[str] = ()
+    ) -> list[Lease]:
+        """Lease the job's live shards that nobody holds, whose lease expired, or whose holder is in
+        ``take_over`` (owners the engine found dead); each claim is a new fencing token. Shards ``owner`` holds
+        already are not returned."""
+
+    async def renew_lease(self, lease: Lease, lease_seconds: float) -> None:
+        """Extend one lease; ``LeaseLostError`` when it is no longer this lease's."""
+
     async def renew_leases(self, owner: str, lease_seconds: float) -> None: ...
-    async def release(self, shard_id: int, owner: str) -> None: ...
+    async def release(self, lease: Lease) -> None: ...
+
+    # --- shards (the engine) ----------------------------------------------------------------------------------
+
     async def get_shard(self, shard_id: int) -> Shard: ...
     async def job_shards(self, job_id: str) -> list[Shard]: ...
     async def last_failed_with(self, job_id: str, codes: Collection[str]) -> Shard | None: ...
     def spool_rows(self, shard_id: int, chunk: int = ...) -> AsyncIterator[list[tuple[str, str, bytes]]]: ...
-    async def shard_uploaded(self, shard_id: int, owner: str, file_id: str | None) -> None: ...
-    async def shard_creating(self, shard_id: int, owner: str) -> float: ...
-    async def shard_submitted(self, shard_id: int, owner: str, batch: RemoteBatch) -> None: ...
+    async def shard_uploaded(self, lease: Lease, file_id: str | None) -> None: ...
+    async def shard_creating(self, lease: Lease) -> float: ...
+    async def shard_reupload(self, lease: Lease, reason: str) -> None:
+        """Back to ``planned`` from ``uploaded`` or ``creating``: the uploaded file is gone before create."""
+
+    async def shard_submitted(self, lease: Lease, batch: RemoteBatch) -> None:
+        """Record the created (or adopted) batch; ``BatchClaimedError`` if another shard has it."""
+
+    async def shard_rebind(self, lease: Lease, batch: RemoteBatch) -> None:
+        """A submitted shard's batch is gone but another carries its token: record that one instead."""
+
     async def recorded_batch_ids(self, *, since: float) -> set[str]: ...
-    async def shard_polled(self, shard_id: int, owner: str, batch: RemoteBatch) -> None: ...
-    async def shard_abandoned(self, shard_id: int, errors: list[BatchError], settle: Settlement) -> None: ...
+    async def shard_polled(self, lease: Lease, batch: RemoteBatch) -> None: ...
+    async def shard_note(self, lease: Lease, error: str | None) -> None:
+        """Keep (or clear) the last failure of a step, for status displays while the shard waits."""
+
+    async def shard_abandoned(self, lease: Lease, errors: list[BatchError], settle: Settlement) -> None:
+        """A shard that will not (or no longer) run at the provider, in any live phase (rejected at create,
+        its batch vanished): it ends ``abandoned`` and its members are settled by ``settle``."""
+
+    # --- ingestion (the engine) -------------------------------------------------------------------------------
 
     async def member_requests(
         self, shard_id: int, wire_ids: Sequence[str] | None = None
@@ -146,14 +153,15 @@ class Store(Protocol):
     async def shard_tally(self, shard_id: int) -> tuple[int, int, int]: ...
     async def ingest(
         self,
-        shard_id: int,
-        owner: str,
+        lease: Lease,
         results: Iterable[ResultRow],
         orphans: Iterable[tuple[str, bytes]] = ...,
         *,
         finish: Settlement | None = None,
         succeeded: Collection[int] = ...,
     ) -> None: ...
+
+    # --- results (the client side) ----------------------------------------------------------------------------
 
     async def final_results(
         self, job_id: str, *, after_rid: int = ..., limit: int = ..., unconsumed: bool = ...
@@ -163,3 +171,5 @@ class Store(Protocol):
     ) -> list[StoredResult]: ...
     async def orphans(self, job_id: str) -> list[tuple[int, str, bytes]]: ...
     async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None: ...
+    async def audit(self, job_id: str) -> JobAudit: ...
+    async def stats(self) -> StoreStats: ...

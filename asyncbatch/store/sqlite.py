@@ -11,9 +11,9 @@ import contextlib
 import errno
 import operator
 import os
-import socket
 import sqlite3
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,67 +24,59 @@ import anyio
 import msgspec
 from msgspec.structs import astuple
 
-from ..errors import DuplicateCustomIdError, JobNotFoundError, SchemaVersionError, StoreError
+from ..errors import (
+    BatchClaimedError,
+    DuplicateCustomIdError,
+    JobConflictError,
+    JobNotFoundError,
+    LeaseLostError,
+    SchemaVersionError,
+    StoreError,
+)
 from ..model import (
+    BatchError,
     BatchStatus,
     Job,
+    JobAudit,
     JobStatus,
+    Lease,
+    NewRequest,
+    PendingRequest,
+    PlannedShard,
+    ProviderSpec,
+    RemoteBatch,
     RequestCounts,
     RequestState,
-    Shard,
-    ShardPhase,
-)
-from ..providers.base import BatchError, RemoteBatch, ShardLimits
-from .base import (
-    BatchClaimedError,
-    LeaseLostError,
-    NewRequest,
-    PlannedShard,
     ResultRow,
     Settlement,
+    Shard,
+    ShardPhase,
     StoredResult,
-    WireIdFn,
+    StoreStats,
 )
-from .sql import SCHEMA_VERSION, queries, schema
+from .sql import SCHEMA_VERSION, migrations, queries, schema, statements
 
-_Q = queries()
+_Q = queries("sqlite")
 CACHE_KIB = 8 * 1024
 PAGE_SIZE = 16 * 1024
-PLAN_PAGE = 5000  # pending requests read at a time while planning
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+CHANGE_POLL = 0.25  # seconds between looks at PRAGMA data_version while waiting for another writer
 _json = msgspec.json.encode
 _RID = operator.attrgetter("rid")
 _STATES = {state.value: state for state in RequestState}  # a dict lookup; RequestState(x) costs 1.5 us a row
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def new_owner() -> str:
-    """A lease owner id: host and pid let a restarted process take over leases of a dead one at once."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-
-
-def _dead_owner(owner: str | None) -> bool:
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    return host == socket.gethostname() and pid_text.isdigit() and not _pid_alive(int(pid_text))
+_routes = msgspec.json.Decoder(dict[str, ProviderSpec])
 
 
 class SQLiteStore:
-    """Durable store of jobs, requests, shards and results in one SQLite file (``":memory:"`` works too)."""
+    """Durable store of jobs, requests, shards and results in one SQLite file (``":memory:"`` works too).
+
+    The store's clock (lease expiry) is this machine's: a SQLite file is only ever shared by processes of one
+    machine.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 60.0) -> None:
         self.path = str(path)
+        self.url = self.path
         self._busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
@@ -147,12 +139,26 @@ class SQLiteStore:
         return version
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        if await self._check_version(db) < SCHEMA_VERSION:
+        """Make a new store from the newest schema, or bring an older one up to it, one version per
+        transaction (a crash leaves it at some version, never between two)."""
+        version = await self._check_version(db)
+        if version == SCHEMA_VERSION:
+            return
+        async with db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'") as cur:
+            fresh = not (await cur.fetchone() or (0,))[0]
+        steps = [(SCHEMA_VERSION, schema("sqlite"))] if fresh else migrations("sqlite", version)
+        for target, script in steps:
             await db.execute("BEGIN IMMEDIATE")
-            for statement in _statements(schema()):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            await db.execute("COMMIT")
+            try:
+                if await self._check_version(db) < target:  # another process may have upgraded meanwhile
+                    for statement in statements(script):
+                        await db.execute(statement)
+                    await db.execute(f"PRAGMA user_version = {target}")
+                await db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
 
     async def close(self) -> None:
         if self._db is not None:
@@ -220,33 +226,54 @@ class SQLiteStore:
         rows = await self._read("PRAGMA integrity_check")
         return str(rows[0][0])
 
+    async def ping(self) -> None:
+        await self._read("SELECT 1")
+
+    async def wait_for_change(self, within: float) -> None:
+        """Look at ``PRAGMA data_version`` (it moves when another connection commits) every quarter second."""
+        before = await self._data_version()
+        with anyio.move_on_after(within):
+            while True:
+                await anyio.sleep(CHANGE_POLL)
+                if await self._data_version() != before:
+                    return
+
+    async def _data_version(self) -> int:
+        return int((await self._read("PRAGMA data_version"))[0][0])
+
     # --- jobs ----------------------------------------------------------------------------------------------
 
     async def create_job(self, job: Job, chunks: AsyncIterator[Sequence[NewRequest]]) -> int:
-        """Insert the job and all its requests in one transaction: all or nothing (invariant 1)."""
+        """Insert the job and all its requests in one transaction: all or nothing (invariant 1). ``job.routes``
+        and ``job.content_hash`` are written as they are after the last chunk (the caller fills them in while
+        the requests stream through)."""
         total = 0
         async with self._tx() as db:
-            await db.execute(
-                _Q["insert_job"],
-                {
-                    "id": job.id, "provider": job.provider, "base_url": job.base_url,
-                    "provider_options": _json(job.provider_options).decode(), "endpoint": job.endpoint,
-                    "completion_window": job.completion_window, "max_attempts": job.max_attempts,
-                    "metadata": _json(job.metadata).decode(), "status": job.status.value,
-                    "created_at": job.created_at, "updated_at": job.updated_at,
-                },
-            )
+            await self._check_new(db, job)
+            await db.execute(_Q["insert_job"], _job_params(job))
             async for chunk in chunks:
                 await self._insert_requests(db, job.id, chunk)
                 total += len(chunk)
+            await db.execute(_Q["complete_job"], (_json(job.routes).decode(), job.content_hash, job.id))
         return total
+
+    @staticmethod
+    async def _check_new(db: aiosqlite.Connection, job: Job) -> None:
+        async with db.execute(_Q["job_exists"], (job.id,)) as cur:
+            if await cur.fetchone():
+                raise JobConflictError(f"a job with id {job.id!r} exists already")
+        if job.idempotency_key is not None:
+            async with db.execute(_Q["job_by_idempotency_key"], (job.owner, job.idempotency_key)) as cur:
+                row = await cur.fetchone()
+            if row:
+                raise JobConflictError(f"idempotency key {job.idempotency_key!r} names job {row[0]} already")
 
     @staticmethod
     async def _insert_requests(db: aiosqlite.Connection, job_id: str, chunk: Sequence[NewRequest]) -> None:
         """Bulk insert; when a custom_id is taken, redo the chunk row by row to name the duplicate line."""
         await db.execute("SAVEPOINT chunk")
         before = db.total_changes
-        rows = [(job_id, r.custom_id, r.url, r.model, r.body, r.size) for r in chunk]
+        rows = [(job_id, r.custom_id, r.route, r.url, r.model, r.body, r.size) for r in chunk]
         await db.executemany(_Q["insert_request"], rows)
         if db.total_changes - before != len(chunk):
             await db.execute("ROLLBACK TO chunk")
@@ -259,6 +286,20 @@ class SQLiteStore:
                     )
         await db.execute("RELEASE chunk")
 
+    async def find_job(
+        self, *, idempotency_key: str | None = None, content_hash: str | None = None, batch_id: str | None = None,
+        owner: str | None = None,
+    ) -> Job | None:
+        if idempotency_key is not None:
+            rows = await self._read(_Q["job_by_idempotency_key"], (owner, idempotency_key))
+        elif content_hash is not None:
+            rows = await self._read(_Q["job_by_content_hash"], (owner, content_hash))
+        elif batch_id is not None:
+            rows = await self._read(_Q["job_by_batch_id"], (owner, batch_id))
+        else:
+            return None
+        return await self.get_job(str(rows[0][0])) if rows else None
+
     async def get_job(self, job_id: str, *, with_counts: bool = True) -> Job:
         """The job; ``with_counts=False`` skips counting its requests (pollers read the job often)."""
         rows = await self._read(_Q["get_job"], (job_id,))
@@ -269,11 +310,14 @@ class SQLiteStore:
             job.counts = await self.counts(job_id)
         return job
 
-    async def list_jobs(self) -> list[Job]:
-        jobs = [_job(row) for row in await self._read(_Q["list_jobs"])]
+    async def list_jobs(self, *, owner: str | None = None, unfinished: bool = False) -> list[Job]:
+        jobs = [_job(row) for row in await self._read(_Q["list_jobs"], (owner, int(unfinished)))]
         for job in jobs:
             job.counts = await self.counts(job.id)
         return jobs
+
+    async def unfinished_job_ids(self) -> list[str]:
+        return [str(row[0]) for row in await self._read(_Q["unfinished_job_ids"])]
 
     async def counts(self, job_id: str) -> RequestCounts:
         pending, in_flight, failed, cancelled, total = (await self._read(_Q["count_states"], (job_id,)))[0]
@@ -287,6 +331,16 @@ class SQLiteStore:
             cur = await db.execute(_Q["set_job_status"], (status.value, time.time(), job_id, status.value))
             return cur.rowcount > 0
 
+    async def set_route(self, job_id: str, route: str, spec: ProviderSpec) -> None:
+        async with self._tx() as db:
+            async with db.execute(_Q["get_job"], (job_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise JobNotFoundError(f"no job {job_id!r} in {self.path}")
+            routes = _job(row).routes
+            routes[route] = spec
+            await db.execute(_Q["set_routes"], (_json(routes).decode(), time.time(), job_id))
+
     async def request_cancel(self, job_id: str) -> list[Shard]:
         """Mark the job cancelled-on-request, cancel its pending requests and its shards not yet created.
 
@@ -298,13 +352,13 @@ class SQLiteStore:
             async with db.execute(_Q["job_shards"], (job_id,)) as cur:
                 shards = [_shard(row) for row in await cur.fetchall()]
             remote: list[Shard] = []
+            cancelled = Settlement(state=RequestState.CANCELLED, error_code="cancelled",
+                                   error_message="cancelled by the user")
             for shard in shards:
                 if shard.phase in (ShardPhase.PLANNED, ShardPhase.UPLOADED):
-                    await db.execute(_Q["shard_abandoned"], ("[]", shard.id))
-                    await db.execute(
-                        _Q["cancel_shard_members"],
-                        (RequestState.CANCELLED.value, "cancelled", "cancelled by the user", shard.id),
-                    )
+                    cur = await db.execute(_Q["shard_abandoned"], ("[]", shard.id, None, None))
+                    if cur.rowcount:
+                        await self._settle_rest(db, shard.id, cancelled)
                 elif shard.phase.is_live:
                     remote.append(shard)
             return remote
@@ -320,94 +374,44 @@ class SQLiteStore:
 
     # --- planning ------------------------------------------------------------------------------------------
 
-    async def plan_shard(self, job: Job, limits: ShardLimits, wire_id: WireIdFn) -> PlannedShard | None:
-        """Put pending requests of the job into one new shard (one endpoint and model, under limits); None
-        when none is pending.
-
-        Membership is committed here, before any file is built (invariant 2); the attempt counter of each
-        request goes up by one. One shard per transaction, so that the manager uploads a shard while it plans
-        the next.
-        """
+    @asynccontextmanager
+    async def planning(self, job_id: str) -> AsyncIterator[_Planning]:
+        """One write transaction in which the engine fills one shard (``BEGIN IMMEDIATE`` keeps other
+        planners of the same job out until it commits)."""
         async with self._tx() as db:
-            return await self._plan_shard(db, job, limits, wire_id)
-
-    @staticmethod
-    async def _plan_shard(
-        db: aiosqlite.Connection, job: Job, limits: ShardLimits, wire_id: WireIdFn
-    ) -> PlannedShard | None:
-        """Fill one shard from the job's pending requests, a page at a time.
-
-        Planned requests stop being pending, so each read starts where the last one ended: memory holds one
-        page, whatever the size of the shard or of the job.
-        """
-        shard: PlannedShard | None = None
-        while shard is None or shard.request_count < limits.max_requests:
-            page = min(PLAN_PAGE, limits.max_requests - (shard.request_count if shard else 0))
-            rows = list(await db.execute_fetchall(_Q["pending_for_planning"], (job.id, page)))
-            if not rows:
-                break
-            if shard is None:
-                shard = PlannedShard(endpoint=rows[0][2], model=rows[0][3], request_count=0, bytes=0)
-                cur = await db.execute(_Q["insert_shard"], (job.id, shard.token, shard.endpoint, shard.model,
-                                                            time.time()))
-                assert cur.lastrowid is not None
-                shard.id = cur.lastrowid
-            members: list[tuple[int, str, int]] = []  # (rid, custom_id, attempt in this shard)
-            full = False
-            for rid, custom_id, url, model, size, attempts in rows:
-                if shard.request_count and (
-                    (url, model) != (shard.endpoint, shard.model) or shard.bytes + size > limits.max_bytes
-                ):
-                    full = True
-                    break
-                shard.request_count += 1
-                shard.bytes += size
-                shard.attempt = max(shard.attempt, attempts + 1)
-                members.append((rid, custom_id, attempts + 1))
-            token, shard_id = shard.token, shard.id
-            await db.executemany(
-                _Q["insert_member"], ((shard_id, wire_id(cid, rid, token), rid, att) for rid, cid, att in members)
-            )
-            await db.execute(_Q["assign_requests"], (shard_id, _json([rid for rid, _, _ in members]).decode()))
-            if full or len(rows) < page:
-                break
-        if shard is not None:
-            await db.execute(_Q["size_shard"], (shard.attempt, shard.request_count, shard.bytes, shard.id))
-        return shard
+            yield _Planning(db, job_id)
 
     # --- shards and leases ---------------------------------------------------------------------------------
 
-    async def claim_shards(self, job_id: str, owner: str, lease_seconds: float) -> list[int]:
-        """Lease every live shard of the job that nobody else holds (or whose holder died or lapsed)."""
-        claimed: list[int] = []
+    async def lease_holders(self, job_id: str) -> set[str]:
+        return {str(row[0]) for row in await self._read(_Q["lease_holders"], (job_id, time.time()))}
+
+    async def claim_shards(
+        self, job_id: str, owner: str, lease_seconds: float, *, take_over: Collection[str] = ()
+    ) -> list[Lease]:
+        """Lease every live shard of the job that nobody holds, whose lease lapsed, or whose holder is in
+        ``take_over``; one statement however many shards the job has."""
         now = time.time()
         async with self._tx() as db:
-            async with db.execute(_Q["claimable_shards"], (job_id, owner, now)) as cur:
-                rows = await cur.fetchall()
-            for shard_id, lease_owner, _expires in rows:
-                dead = lease_owner if _dead_owner(lease_owner) else ""
-                cur = await db.execute(
-                    _Q["claim_shard"],
-                    {"owner": owner, "expires": now + lease_seconds, "id": shard_id, "now": now, "dead": dead},
-                )
-                if cur.rowcount:
-                    claimed.append(shard_id)
-        return claimed
+            cur = await db.execute(_Q["claim_shards"], (owner, now + lease_seconds, job_id, now,
+                                                         _json(sorted(take_over)).decode()))
+            rows = await cur.fetchall()
+        return [Lease(shard_id=int(shard_id), owner=owner, token=int(token)) for shard_id, token in rows]
 
-    async def renew_lease(self, shard_id: int, owner: str, lease_seconds: float) -> None:
+    async def renew_lease(self, lease: Lease, lease_seconds: float) -> None:
         async with self._tx() as db:
-            cur = await db.execute(_Q["renew_lease"], (time.time() + lease_seconds, shard_id, owner))
+            cur = await db.execute(_Q["renew_lease"], (time.time() + lease_seconds, *_lease(lease)))
             if not cur.rowcount:
-                raise LeaseLostError(f"lease on shard {shard_id} lost")
+                raise LeaseLostError(f"lease on shard {lease.shard_id} lost")
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> None:
         """Extend every lease ``owner`` holds: one statement, however many shards it drives."""
         async with self._tx() as db:
             await db.execute(_Q["renew_leases"], (time.time() + lease_seconds, owner))
 
-    async def release(self, shard_id: int, owner: str) -> None:
+    async def release(self, lease: Lease) -> None:
         async with self._tx() as db:
-            await db.execute(_Q["release_lease"], (shard_id, owner))
+            await db.execute(_Q["release_lease"], _lease(lease))
 
     async def get_shard(self, shard_id: int) -> Shard:
         rows = await self._read(_Q["get_shard"], (shard_id,))
@@ -434,54 +438,69 @@ class SQLiteStore:
             yield [(str(w), str(u), bytes(b)) for w, u, b in rows]
             after = str(rows[-1][0])
 
-    async def _shard_update(self, query: str, params: Sequence[Any], shard_id: int) -> None:
+    async def _shard_update(self, query: str, params: Sequence[Any], lease: Lease) -> None:
         async with self._tx() as db:
-            cur = await db.execute(_Q[query], params)
+            cur = await db.execute(_Q[query], (*params, *_lease(lease)))
             if not cur.rowcount:
-                raise LeaseLostError(f"shard {shard_id}: {query} did not apply (lease lost or phase moved on)")
+                raise LeaseLostError(f"shard {lease.shard_id}: {query} did not apply (lease lost or phase moved on)")
 
-    async def shard_uploaded(self, shard_id: int, owner: str, file_id: str | None) -> None:
-        await self._shard_update("shard_uploaded", (file_id, shard_id, owner), shard_id)
+    async def shard_uploaded(self, lease: Lease, file_id: str | None) -> None:
+        await self._shard_update("shard_uploaded", (file_id,), lease)
 
-    async def shard_creating(self, shard_id: int, owner: str) -> float:
+    async def shard_creating(self, lease: Lease) -> float:
         now = time.time()
-        await self._shard_update("shard_creating", (now, shard_id, owner), shard_id)
+        await self._shard_update("shard_creating", (now,), lease)
         return now
 
-    async def shard_submitted(self, shard_id: int, owner: str, batch: RemoteBatch) -> None:
+    async def shard_reupload(self, lease: Lease, reason: str) -> None:
+        await self._shard_update("shard_reupload", (reason,), lease)
+
+    async def shard_submitted(self, lease: Lease, batch: RemoteBatch) -> None:
         try:
             await self._shard_update(
                 "shard_submitted",
-                (batch.id, batch.status.value, _json(batch.counts), _json(batch.errors), shard_id, owner),
-                shard_id,
+                (batch.id, batch.status.value, _json(batch.counts), _json(batch.errors), batch.created_at or None),
+                lease,
             )
-        except sqlite3.IntegrityError as exc:  # the unique index on batch_id
-            raise BatchClaimedError(f"batch {batch.id} is already recorded for another shard") from exc
+        except StoreError as exc:  # the unique index on batch_id
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise BatchClaimedError(f"batch {batch.id} is already recorded for another shard") from exc
+            raise
+
+    async def shard_rebind(self, lease: Lease, batch: RemoteBatch) -> None:
+        await self._shard_update(
+            "shard_rebind",
+            (batch.id, batch.status.value, _json(batch.counts), _json(batch.errors), batch.created_at or None),
+            lease,
+        )
 
     async def recorded_batch_ids(self, *, since: float) -> set[str]:
         """Provider batch ids of shards planned since ``since``: reconciliation must not adopt them."""
         return {str(row[0]) for row in await self._read(_Q["recorded_batch_ids"], (since,))}
 
-    async def shard_polled(self, shard_id: int, owner: str, batch: RemoteBatch) -> None:
+    async def shard_polled(self, lease: Lease, batch: RemoteBatch) -> None:
         """Record what a poll saw; a terminal status moves the shard to ``ended`` in the same transaction."""
         async with self._tx() as db:
             cur = await db.execute(
                 _Q["shard_polled"],
                 (batch.status.value, _json(batch.counts), _json(batch.errors), batch.output_file_id,
-                 batch.error_file_id, shard_id, owner),
+                 batch.error_file_id, *_lease(lease)),
             )
             if not cur.rowcount:
-                raise LeaseLostError(f"shard {shard_id}: lease lost while polling")
+                raise LeaseLostError(f"shard {lease.shard_id}: lease lost while polling")
             if batch.status.is_terminal:
-                await db.execute(_Q["shard_ended"], (time.time(), shard_id, owner))
+                await db.execute(_Q["shard_ended"], (time.time(), *_lease(lease)))
 
-    async def shard_abandoned(
-        self, shard_id: int, errors: list[BatchError], settle: Settlement
-    ) -> None:
-        """A shard that will never reach the provider: its members are re-queued or ended in one go."""
+    async def shard_note(self, lease: Lease, error: str | None) -> None:
+        await self._shard_update("shard_note", (error,), lease)
+
+    async def shard_abandoned(self, lease: Lease, errors: list[BatchError], settle: Settlement) -> None:
+        """A shard that will not (or no longer) run at the provider: its members are settled in one go."""
         async with self._tx() as db:
-            await db.execute(_Q["shard_abandoned"], (_json(errors).decode(), shard_id))
-            await self._settle_rest(db, shard_id, settle)
+            cur = await db.execute(_Q["shard_abandoned"], (_json(errors).decode(), *_lease(lease)))
+            if not cur.rowcount:
+                raise LeaseLostError(f"shard {lease.shard_id}: lease lost before it was abandoned")
+            await self._settle_rest(db, lease.shard_id, settle)
 
     @staticmethod
     async def _settle_rest(db: aiosqlite.Connection, shard_id: int, settle: Settlement) -> None:
@@ -512,8 +531,7 @@ class SQLiteStore:
 
     async def ingest(
         self,
-        shard_id: int,
-        owner: str,
+        lease: Lease,
         results: Iterable[ResultRow],
         orphans: Iterable[tuple[str, bytes]] = (),
         *,
@@ -530,9 +548,15 @@ class SQLiteStore:
         Providers return results in any order. A chunk is written in request order, so its index entries go
         in one sweep and its rows lie in request order, where reading results back finds them together
         (measured on 50,000 results in shuffled order: writing 20% faster, reading back 3x).
+
+        Every chunk checks the lease first: a worker that lost the shard writes nothing.
         """
+        shard_id = lease.shard_id
         rows = sorted(results, key=_RID)  # a shard's results have one row per request
         async with self._tx() as db:
+            cur = await db.execute(_Q["shard_note"], (None, *_lease(lease)))
+            if not cur.rowcount:
+                raise LeaseLostError(f"shard {shard_id}: lease lost while ingesting")
             if rows:
                 params = [(*astuple(r), shard_id) for r in rows]  # one binding serves both statements
                 await db.executemany(_Q["upsert_result"], params)
@@ -546,7 +570,7 @@ class SQLiteStore:
                 if succeeded:
                     await db.execute(_Q["settle_succeeded"], (_json(sorted(succeeded)).decode(), shard_id))
                 await self._settle_rest(db, shard_id, finish)
-                cur = await db.execute(_Q["shard_ingested"], (shard_id, owner))
+                cur = await db.execute(_Q["shard_ingested"], _lease(lease))
                 if not cur.rowcount:
                     raise LeaseLostError(f"shard {shard_id}: lease lost while ingesting")
 
@@ -561,13 +585,13 @@ class SQLiteStore:
         self, job_id: str, *, after_rid: int = 0, limit: int = 1000, unconsumed: bool = False
     ) -> list[StoredResult]:
         rows = await self._read(_Q["final_results"], (job_id, after_rid, 0 if unconsumed else 1, limit))
-        return [_stored_result(row, attempt_col=True) for row in rows]
+        return [_stored_result(row) for row in rows]
 
     async def attempt_results(
         self, job_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
     ) -> list[StoredResult]:
         rows = await self._read(_Q["all_attempt_results"], (job_id, after[0], after[1], limit))
-        return [_stored_result(row, attempt_col=True) for row in rows]
+        return [_stored_result(row) for row in rows]
 
     async def orphans(self, job_id: str) -> list[tuple[int, str, bytes]]:
         return [(int(s), str(w), bytes(line)) for s, w, line in await self._read(_Q["orphans"], (job_id,))]
@@ -576,43 +600,110 @@ class SQLiteStore:
         async with self._tx() as db:
             await db.executemany(_Q["acknowledge"], [(job_id, cid) for cid in custom_ids])
 
+    async def audit(self, job_id: str) -> JobAudit:
+        await self.get_job(job_id, with_counts=False)
+        wire_ids: dict[str, list[str]] = defaultdict(list)
+        for custom_id, wire_id in await self._read(_Q["audit_wire_ids"], (job_id,)):
+            wire_ids[str(custom_id)].append(str(wire_id))
+        successes: dict[str, list[int]] = defaultdict(list)
+        for custom_id, attempt in await self._read(_Q["audit_successes"], (job_id,)):
+            successes[str(custom_id)].append(int(attempt))
+        return JobAudit(
+            requests={str(c): (_STATES[s], int(a)) for c, s, a in await self._read(_Q["audit_requests"], (job_id,))},
+            wire_ids=dict(wire_ids), successes=dict(successes),
+            tokens=[str(row[0]) for row in await self._read(_Q["audit_tokens"], (job_id,))],
+            integrity=await self.integrity_check(),
+        )
 
-def _statements(script: str) -> list[str]:
-    """Split the schema script into statements (it has no ``--`` or ``;`` inside literals)."""
-    body = "\n".join(line.partition("--")[0] for line in script.splitlines())
-    return [s.strip() for s in body.split(";") if s.strip()]
+
+    async def stats(self) -> StoreStats:
+        pending, in_flight, failed, cancelled, total = (await self._read(_Q["stats_requests"]))[0]
+        return StoreStats(
+            jobs={str(k): int(n) for k, n in await self._read(_Q["stats_jobs"])},
+            shards={str(k): int(n) for k, n in await self._read(_Q["stats_shards"])},
+            batches={str(k): int(n) for k, n in await self._read(_Q["stats_batches"])},
+            requests={"pending": pending, "in_flight": in_flight, "failed": failed, "cancelled": cancelled,
+                      "succeeded": total - pending - in_flight - failed - cancelled},
+        )
+
+
+class _Planning:
+    """A planning session inside one open write transaction (see ``Store.planning``)."""
+
+    def __init__(self, db: aiosqlite.Connection, job_id: str) -> None:
+        self._db = db
+        self._job_id = job_id
+
+    async def pending(self, limit: int) -> list[PendingRequest]:
+        rows = await self._db.execute_fetchall(_Q["pending_for_planning"], (self._job_id, limit))
+        return [PendingRequest(rid=r[0], custom_id=r[1], route=r[2], url=r[3], model=r[4], size=r[5], attempts=r[6])
+                for r in rows]
+
+    async def add_shard(self, shard: PlannedShard) -> int:
+        cur = await self._db.execute(_Q["insert_shard"], (self._job_id, shard.token, shard.route, shard.endpoint,
+                                                          shard.model, time.time()))
+        assert cur.lastrowid is not None
+        shard.id = cur.lastrowid
+        return shard.id
+
+    async def add_members(self, shard: PlannedShard, members: Sequence[tuple[int, str, int]]) -> None:
+        db = self._db
+        await db.executemany(_Q["insert_member"], ((shard.id, wire, rid, att) for rid, wire, att in members))
+        cur = await db.execute(_Q["assign_requests"], (shard.id, _json([rid for rid, _, _ in members]).decode()))
+        if cur.rowcount != len(members):  # the session's own reads: another planner cannot have taken them
+            raise StoreError(f"shard {shard.id}: {len(members) - cur.rowcount} of its requests were not pending")
+        await db.execute(_Q["size_shard"], (shard.attempt, shard.request_count, shard.bytes, shard.id))
+
+
+def _lease(lease: Lease) -> tuple[int, str, int]:
+    return lease.shard_id, lease.owner, lease.token
+
+
+def _job_params(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "provider": job.provider, "base_url": job.base_url,
+        "provider_options": _json(job.provider_options).decode(), "endpoint": job.endpoint,
+        "completion_window": job.completion_window, "max_attempts": job.max_attempts,
+        "metadata": _json(job.metadata).decode(), "status": job.status.value,
+        "created_at": job.created_at, "updated_at": job.updated_at, "routes": _json(job.routes).decode(),
+        "owner": job.owner, "idempotency_key": job.idempotency_key, "content_hash": job.content_hash,
+    }
 
 
 def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
     (job_id, provider, base_url, options, endpoint, window, max_attempts, metadata, status, cancel, created,
-     updated) = row
+     updated, routes, owner, idempotency_key, content_hash) = row
     return Job(
         id=job_id, provider=provider, base_url=base_url, provider_options=msgspec.json.decode(options),
         endpoint=endpoint, completion_window=window,
         max_attempts=max_attempts, metadata=msgspec.json.decode(metadata), status=JobStatus(status),
-        cancel_requested=bool(cancel), created_at=created, updated_at=updated,
+        cancel_requested=bool(cancel), created_at=created, updated_at=updated, routes=_routes.decode(routes),
+        owner=owner, idempotency_key=idempotency_key, content_hash=content_hash,
     )
 
 
 def _shard(row: sqlite3.Row | tuple[Any, ...]) -> Shard:
-    (shard_id, job_id, attempt, token, phase, endpoint, model, count, size, file_id, batch_id, batch_status,
-     output_file_id, error_file_id, counts, errors, created, creating, ended) = row
+    (shard_id, job_id, attempt, token, phase, route, endpoint, model, count, size, file_id, batch_id, batch_status,
+     output_file_id, error_file_id, counts, errors, created, creating, ended, provider_created, results_expire,
+     last_error) = row
     return Shard(
-        id=shard_id, job_id=job_id, attempt=attempt, token=token, phase=ShardPhase(phase), endpoint=endpoint,
-        model=model, request_count=count, bytes=size, file_id=file_id, batch_id=batch_id,
+        id=shard_id, job_id=job_id, attempt=attempt, token=token, phase=ShardPhase(phase), route=route,
+        endpoint=endpoint, model=model, request_count=count, bytes=size, file_id=file_id, batch_id=batch_id,
         batch_status=BatchStatus(batch_status) if batch_status else None, output_file_id=output_file_id,
         error_file_id=error_file_id, provider_counts=msgspec.json.decode(counts),
         errors=msgspec.json.decode(errors), created_at=created, creating_at=creating, ended_at=ended,
+        provider_created_at=provider_created, results_expire_at=results_expire, last_error=last_error,
     )
 
 
-def _stored_result(row: sqlite3.Row | tuple[Any, ...], *, attempt_col: bool) -> StoredResult:
+def _stored_result(row: sqlite3.Row | tuple[Any, ...]) -> StoredResult:
     (rid, custom_id, state, attempt, req_code, req_message, outcome, status_code, body, code, message,
-     input_tokens, output_tokens, cached_tokens, model, request_id, line_id, batch_id) = row
+     input_tokens, output_tokens, cached_tokens, model, request_id, line_id, batch_id, route) = row
     return StoredResult(
         rid=rid, custom_id=custom_id, state=_STATES[state], attempt=attempt,
         request_error_code=req_code, request_error_message=req_message, outcome=outcome,
         status_code=status_code, body=bytes(body) if body is not None else None, error_code=code,
         error_message=message, input_tokens=input_tokens, output_tokens=output_tokens,
         cached_tokens=cached_tokens, model=model, request_id=request_id, line_id=line_id, batch_id=batch_id,
+        route=route,
     )

@@ -10,8 +10,8 @@ import pytest
 
 from asyncbatch import BatchManager, DuplicateCustomIdError, JSONLError, ValidationError
 from asyncbatch.jsonl import CHUNK_BYTES
-from asyncbatch.planner import Validator, validated_chunks
 from asyncbatch.providers.openai import OpenAIProvider
+from asyncbatch.validation import Validator, validated_chunks
 from tests.helpers import API_KEY, chat_line, write_jsonl
 
 

@@ -115,8 +115,10 @@ CASES = [
     Case("model not a string", line(body={"model": 4, "messages": []}), field="body.model"),
     Case("stream in a batch", chat("openai", stream=True), field="body.stream"),
     # --- mixed providers' formats
-    Case("Anthropic native line in an OpenAI job",
-         json.dumps({"custom_id": "n", "params": {**CLAUDE_CHAT, "max_tokens": 5}}).encode(), field="url"),
+    # (a claude-* model routes to Anthropic, where a native line is valid; another model stays with OpenAI)
+    Case("Anthropic native line for an OpenAI model",
+         json.dumps({"custom_id": "n", "params": {**CLAUDE_CHAT, "model": "gpt-5.4-mini", "max_tokens": 5}}).encode(),
+         field="url"),
     Case("params and body on one line",
          json.dumps({"custom_id": "n", "params": CLAUDE_CHAT, "body": OPENAI_CHAT}).encode(), field="params"),
     # --- untranslatable for Anthropic

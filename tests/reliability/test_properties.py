@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,12 @@ from hypothesis import strategies as st
 from asyncbatch.errors import JSONLError, ValidationError
 from asyncbatch.jsonl import BOM, iter_lines, read_chunks
 from asyncbatch.model import Job, JobStatus, Request
-from asyncbatch.planner import Validator
 from asyncbatch.providers.anthropic import AnthropicProvider
 from asyncbatch.providers.anthropic_translate import message_to_chat_completion, translate
 from asyncbatch.providers.base import ShardLimits
 from asyncbatch.providers.openai import OpenAIProvider
 from asyncbatch.store import NewRequest, SQLiteStore
+from asyncbatch.validation import Validator
 from tests.helpers import API_KEY, plan_all
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -159,7 +158,8 @@ def test_a_valid_line_is_stored_exactly_as_given(custom_id: str, text: str, mode
 
 # --- the planner -----------------------------------------------------------------------------------------
 
-stored_requests = st.lists(st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/embeddings"]),
+stored_requests = st.lists(st.tuples(st.sampled_from(["openai", "anthropic"]),
+                                     st.sampled_from(["/v1/chat/completions", "/v1/embeddings"]),
                                      st.sampled_from(["m1", "m2", None]), st.integers(1, 500)),
                            min_size=1, max_size=120)
 
@@ -167,7 +167,7 @@ stored_requests = st.lists(st.tuples(st.sampled_from(["/v1/chat/completions", "/
 @PROPERTY
 @given(stored_requests, st.integers(1, 40), st.integers(1, 3000))
 def test_planning_puts_every_request_in_exactly_one_shard_within_the_limits(
-    requests: list[tuple[str, str | None, int]], max_requests: int, max_bytes: int
+    requests: list[tuple[str, str, str | None, int]], max_requests: int, max_bytes: int
 ) -> None:
     limits = ShardLimits(max_requests=max_requests, max_bytes=max_bytes)
     job = Job(id="job", provider="openai", base_url=None, endpoint="*", completion_window="24h", max_attempts=3,
@@ -178,15 +178,16 @@ def test_planning_puts_every_request_in_exactly_one_shard_within_the_limits(
         await store.open()
         try:
             async def chunks() -> Any:
-                yield [NewRequest(custom_id=f"c{i}", url=url, model=model, body=b"{}", size=size, line=i + 1)
-                       for i, (url, model, size) in enumerate(requests)]
+                yield [NewRequest(custom_id=f"c{i}", route=route, url=url, model=model, body=b"{}", size=size,
+                                  line=i + 1)
+                       for i, (route, url, model, size) in enumerate(requests)]
 
             await store.create_job(job, chunks())
-            shards = await plan_all(store, job, limits, lambda cid, rid, token: cid)
+            shards = await plan_all(store, job.id, limits, lambda cid, rid, token: cid)
             members = list(await store.db.execute_fetchall(
-                "SELECT m.shard_id, r.custom_id, r.url, r.model, r.size FROM shard_members m "
+                "SELECT m.shard_id, r.custom_id, r.route, r.url, r.model, r.size FROM shard_members m "
                 "JOIN requests r ON r.rid = m.rid"))
-            again = await plan_all(store, job, limits, lambda cid, rid, token: cid)
+            again = await plan_all(store, job.id, limits, lambda cid, rid, token: cid)
             assert again == []  # nothing is left pending
             return shards, [tuple(m) for m in members]
         finally:
@@ -194,18 +195,19 @@ def test_planning_puts_every_request_in_exactly_one_shard_within_the_limits(
 
     shards, members = anyio.run(plan)
     assert sorted(cid for _, cid, *_ in members) == sorted(f"c{i}" for i in range(len(requests)))
-    by_shard: dict[int, list[tuple[str, str | None, int]]] = {}
-    for shard_id, _, url, model, size in members:
-        by_shard.setdefault(shard_id, []).append((url, model, size))
+    by_shard: dict[int, list[tuple[str, str, str | None, int]]] = {}
+    for shard_id, _, route, url, model, size in members:
+        by_shard.setdefault(shard_id, []).append((route, url, model, size))
     assert set(by_shard) == {s.id for s in shards}
     for shard in shards:
         inside = by_shard[shard.id]
-        assert {(url, model) for url, model, _ in inside} == {(shard.endpoint, shard.model)}
+        assert {(route, url, model) for route, url, model, _ in inside} == {(shard.route, shard.endpoint, shard.model)}
         assert len(inside) == shard.request_count <= max_requests
         total = sum(size for *_, size in inside)
         assert total == shard.bytes
         assert total <= max_bytes or len(inside) == 1  # only a request larger than the limit goes alone
-    assert Counter((s.endpoint, s.model) for s in shards)  # at least one shard per (endpoint, model) group
+    groups = {(route, url, model) for route, url, model, _ in requests}
+    assert {(s.route, s.endpoint, s.model) for s in shards} == groups  # one shard or more per group
 
 
 # --- the translation -------------------------------------------------------------------------------------

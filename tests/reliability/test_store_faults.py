@@ -25,6 +25,7 @@ from asyncbatch.emulator import EmulatorConfig, run_emulator
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
 from asyncbatch.store import SQLiteStore
+from asyncbatch.store.sql import SCHEMA_VERSION
 from tests.helpers import API_KEY, chat_line, write_jsonl
 from tests.reliability.support import RUN_ARGS, CliResult, cli, cli_env, command, integrity, verify_guarantees
 
@@ -72,7 +73,7 @@ async def test_a_store_written_by_a_newer_version_is_refused_untouched(tmp_path:
             async with BatchManager(db):
                 pass
         assert digest(db) == before
-        set_version(db, 1)  # "the fault is fixed": the user installed the version that wrote it
+        set_version(db, SCHEMA_VERSION)  # "the fault is fixed": the user installed the version that wrote it
         done = await cli("run", "--db", str(db), *RUN_ARGS)
         assert done.code == 0 and f"{job_id} done: 20 succeeded" in done.out, done.err
         verify_guarantees(db, emu, job_id, expect_all_succeeded=True)

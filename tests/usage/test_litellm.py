@@ -30,8 +30,10 @@ def test_batch_completion_from_message_lists_to_results_file(helpers: Any, emu_t
     messages = [[{"role": "user", "content": f"say {i}"}] for i in range(6)]
     batch = helpers.batch_completion(model="gpt-5.4-mini", messages=messages, temperature=0.1, max_tokens=None,
                                      timeout=600, api_base=emu_thread.openai_base_url)
-    assert batch.id.startswith("job_") and batch.status in ("validating", "in_progress")
+    # returned once the provider batch exists, as a LiteLLM user expects of a created batch
+    assert batch.id.startswith("job_") and batch.status in ("in_progress", "finalizing", "completed")
     assert batch.request_counts["total"] == 6 and batch.provider == "openai"
+    assert len(emu_thread.ledger.batches_created()) == 1 and batch.in_progress_at is not None
 
     batch = wait_until_ended(helpers, batch.id)
     counts = batch.request_counts
@@ -158,17 +160,18 @@ def test_a_job_left_by_a_dead_process_is_resumed_by_retrieve(helpers: Any, emu_t
     assert wait_until_ended(helpers, batch.id).status == "completed"
 
 
-def test_a_drive_that_fails_is_reported_by_the_next_call_without_the_key(tmp_path: Path, helpers: Any) -> None:
+def test_a_drive_that_fails_is_reported_by_the_call_that_waits_for_it_without_the_key(
+    tmp_path: Path, helpers: Any
+) -> None:
     from asyncbatch.emulator import EmulatorThread
 
     with EmulatorThread(EmulatorConfig(api_keys=["sk-the-right-one"]), data_dir=tmp_path / "emu") as emu:
-        batch = helpers.batch_completion(model="gpt-5.4-mini", messages=[[{"role": "user", "content": "x"}]],
-                                         api_base=emu.openai_base_url, api_key=API_KEY)
-        deadline = time.monotonic() + 10
-        with pytest.raises(AuthenticationError) as caught:  # polls until the drive has failed
-            while time.monotonic() < deadline:
-                helpers.batch_completion_retrieve(batch.id)
-                time.sleep(0.02)
+        with pytest.raises(AuthenticationError) as caught:  # the batch could not be created: said at once
+            helpers.batch_completion(model="gpt-5.4-mini", messages=[[{"role": "user", "content": "x"}]],
+                                     api_base=emu.openai_base_url, api_key=API_KEY)
+        assert not emu.ledger.batches_created()
+        (stored,) = helpers.batch_completion_list().data  # kept, and resumable once the key is right
+        assert stored.status == "in_progress"
     assert API_KEY not in str(caught.value) and "SECRET" not in repr(caught.value)
 
 

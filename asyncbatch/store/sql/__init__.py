@@ -1,21 +1,44 @@
-"""SQL of the SQLite store, kept in .sql files beside this module."""
+"""SQL of the store backends, in .sql files: ``<backend>/schema.sql`` (the newest schema, for a new store),
+``<backend>/queries.sql`` (named queries) and ``<backend>/migrations/NNNN.sql`` (from version NNNN-1 to NNNN)."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 
-SCHEMA_VERSION = 1
+#: The schema version this asyncbatch writes; both backends number their schemas alike.
+SCHEMA_VERSION = 2
 
 
-def schema() -> str:
-    return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+def _dir(backend: str) -> Traversable:
+    return resources.files(__package__).joinpath(backend)
+
+
+def schema(backend: str) -> str:
+    return _dir(backend).joinpath("schema.sql").read_text(encoding="utf-8")
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries of queries.sql: each starts at a ``-- name: x`` line."""
-    text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+def queries(backend: str) -> dict[str, str]:
+    """Named queries of ``<backend>/queries.sql``: each starts at a ``-- name: x`` line."""
+    text = _dir(backend).joinpath("queries.sql").read_text(encoding="utf-8")
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
     return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def migrations(backend: str, after: int) -> list[tuple[int, str]]:
+    """(version, script) of every migration past ``after``, in order."""
+    found = []
+    for entry in _dir(backend).joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})\.sql", entry.name)
+        if match and int(match.group(1)) > after:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def statements(script: str) -> list[str]:
+    """Split a script into statements (our scripts have no ``--`` or ``;`` inside literals)."""
+    body = "\n".join(line.partition("--")[0] for line in script.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]

@@ -1,26 +1,29 @@
-"""Validation of incoming requests, before anything is stored or sent.
+"""Validation and routing of incoming requests, before anything is stored or sent.
 
-Every request is checked here (shape, custom_id, method, url, body, then the provider's own rules) and
-turned into a ``NewRequest`` carrying its raw body bytes: the body is stored as given, never re-encoded.
-Sharding itself happens in the store (``plan_shard``), where the pending requests are.
+Every request is checked here (shape, custom_id, method, url, body), given its route (its model picks the
+provider, see ``engine.routing``), checked by that provider's own rules, and turned into a ``NewRequest``
+carrying its raw body bytes: the body is stored as given, re-encoded only when the route sends another model
+name (``anthropic/claude-...`` is sent as ``claude-...``). Sharding happens later, in the engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
+from .engine.pool import ProviderPool
+from .engine.routing import Route, Router
 from .errors import JSONLError, ValidationError
 from .jsonl import CHUNK_BYTES, read_chunks
-from .model import Request
+from .model import NewRequest, ProviderSpec, Request
 from .providers.base import Provider
-from .store.base import NewRequest
 
 MAX_CUSTOM_ID = 512
 MAX_METADATA_PAIRS = 15  # OpenAI allows 16; one is ours (the shard token)
@@ -49,12 +52,38 @@ _decoder = msgspec.json.Decoder(_InputLine)
 
 
 class Validator:
-    """Checks requests for one job: against the job's endpoint (if it has one) and the provider."""
+    """Checks requests for one job: against the job's endpoint (if it has one) and the provider each one's model
+    routes to. ``routes`` collects the routes the job's requests use (what the job records).
 
-    def __init__(self, provider: Provider, endpoint: str | None) -> None:
-        self.provider = provider
+    With only ``provider``, every request goes to it but for the ``provider/model`` and ``claude-*`` names of
+    ``Router``; a ``router`` (and the ``pool`` its providers come from) replaces that.
+    """
+
+    def __init__(
+        self, provider: Provider, endpoint: str | None, *, router: Router | None = None,
+        pool: ProviderPool | None = None,
+    ) -> None:
         self.endpoint = endpoint
-        self.max_bytes = provider.limits.max_bytes
+        self.pool = pool or ProviderPool()
+        default = self.pool.add(provider) if router is None else router.default.spec
+        self.router = router or Router(default)
+        self.routes: dict[str, ProviderSpec] = {}
+        self._by_model: dict[str | None, tuple[Route, Provider]] = {}
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest line read: what one batch of the job's default provider holds (each request is then
+        checked against the limit of the provider it routes to)."""
+        return self.pool.get(self.router.default.spec).limits.max_bytes
+
+    def _route(self, model: object) -> tuple[Route, Provider]:
+        key = model if isinstance(model, str) else None
+        found = self._by_model.get(key)
+        if found is None:
+            route = self.router.route(key)
+            found = self._by_model[key] = (route, self.pool.get(route.spec))
+            self.routes.setdefault(route.name, route.spec)
+        return found
 
     def from_line(self, number: int, raw: bytes) -> NewRequest:
         try:
@@ -139,19 +168,43 @@ class Validator:
         if not isinstance(body, dict):
             raise _invalid(number, custom_id, "body", f"body must be a JSON object, got {type(body).__name__}")
         assert url is not None
+        route, provider = self._route(body.get("model"))
+        if route.model is not None:
+            body["model"] = route.model
+            body_bytes = msgspec.json.encode(body)
         request = Request(custom_id=custom_id, body=body, url=url)
-        provider = self.provider
         try:
             provider.check(request)
         except ValidationError as exc:
             raise type(exc)(exc.reason, line=number, custom_id=custom_id, field=exc.field) from None
         size = len(body_bytes) + (len(custom_id) if ascii_id else len(custom_id.encode())) + len(url) + _LINE_OVERHEAD
-        if size > self.max_bytes:
+        max_bytes = provider.limits.max_bytes
+        if size > max_bytes:
             raise _invalid(number, custom_id, "body", f"the request takes {size} bytes; one {provider.name} batch "
-                           f"holds at most {self.max_bytes}")
+                           f"holds at most {max_bytes}")
         return NewRequest(
-            custom_id=custom_id, url=url, model=provider.model_of(request), body=body_bytes, size=size, line=number
+            custom_id=custom_id, route=route.name, url=url, model=provider.model_of(request), body=body_bytes,
+            size=size, line=number,
         )
+
+
+class ContentDigest:
+    """A digest of a job's requests as stored (custom_id, route, url, body, in input order): a submit retried
+    with the same requests has the same digest, one with any request changed, added or left out another."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, chunk: Sequence[NewRequest]) -> None:
+        update = self._hash.update
+        for request in chunk:
+            custom_id = request.custom_id.encode()
+            update(b"%d:%s %s %s %d:" % (len(custom_id), custom_id, request.route.encode(), request.url.encode(),
+                                         len(request.body)))
+            update(request.body)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -176,7 +229,7 @@ async def validated_chunks(
         path = Path(source)
         if not await anyio.Path(path).is_file():
             raise JSONLError(f"no such file: {os.fspath(path)!r}")
-        async for lines in read_chunks(path, chunk_lines=chunk, max_line_bytes=validator.provider.limits.max_bytes):
+        async for lines in read_chunks(path, chunk_lines=chunk, max_line_bytes=validator.max_line_bytes):
             yield [validator.from_line(number, raw) for number, raw in lines]
         return
     batch: list[NewRequest] = []

@@ -1,3 +1,4 @@
+-- Schema 1 as asyncbatch 0.1 wrote it: the starting point of the upgrade test (tests/store/test_sqlite.py).
 -- asyncbatch job store, schema version 1 (PRAGMA user_version).
 -- Every state change is one short transaction; see design.md, "Invariants that make resume safe".
 

@@ -1,24 +1,53 @@
 -- Named queries of the SQLite store. `-- name: x` starts query x; asyncbatch.store.sql loads them.
+-- Shard changes name the lease they are made under (lease_owner and lease_token: the fencing token).
 
 -- name: insert_job
 INSERT INTO jobs (id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata,
-                  status, cancel_requested, created_at, updated_at)
+                  status, cancel_requested, created_at, updated_at, routes, owner, idempotency_key, content_hash)
 VALUES (:id, :provider, :base_url, :provider_options, :endpoint, :completion_window, :max_attempts, :metadata,
-        :status, 0, :created_at, :updated_at);
+        :status, 0, :created_at, :updated_at, :routes, :owner, :idempotency_key, :content_hash);
+
+-- name: complete_job
+-- What is known once every request went through validation: the routes they use, the digest of them all.
+UPDATE jobs SET routes = ?, content_hash = ? WHERE id = ?;
 
 -- name: insert_request
-INSERT INTO requests (job_id, custom_id, url, model, body, size) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO requests (job_id, custom_id, route, url, model, body, size) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (job_id, custom_id) DO NOTHING;
 
 -- name: get_job
-SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
-       created_at, updated_at
+SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status,
+       cancel_requested, created_at, updated_at, routes, owner, idempotency_key, content_hash
 FROM jobs WHERE id = ?;
 
 -- name: list_jobs
-SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status, cancel_requested,
-       created_at, updated_at
-FROM jobs ORDER BY created_at, id;
+-- ?1: an owner to keep only its jobs (NULL: every job); ?2: 1 to keep only unfinished jobs.
+SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status,
+       cancel_requested, created_at, updated_at, routes, owner, idempotency_key, content_hash
+FROM jobs
+WHERE (?1 IS NULL OR owner = ?1) AND (?2 = 0 OR status IN ('open', 'running'))
+ORDER BY created_at, id;
+
+-- name: unfinished_job_ids
+SELECT id FROM jobs WHERE status IN ('open', 'running') ORDER BY created_at, id;
+
+-- name: job_by_idempotency_key
+SELECT id FROM jobs WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2;
+
+-- name: job_by_content_hash
+-- The first job submitted with these requests.
+SELECT id FROM jobs WHERE content_hash = ?2 AND COALESCE(owner, '') = COALESCE(?1, '')
+ORDER BY created_at, id LIMIT 1;
+
+-- name: job_by_batch_id
+SELECT j.id FROM shards s JOIN jobs j ON j.id = s.job_id
+WHERE s.batch_id = ?2 AND COALESCE(j.owner, '') = COALESCE(?1, '');
+
+-- name: job_exists
+SELECT 1 FROM jobs WHERE id = ?;
+
+-- name: set_routes
+UPDATE jobs SET routes = ?, updated_at = ? WHERE id = ?;
 
 -- name: count_states
 -- pending, in_flight, failed, cancelled, total: each from its own (partial) index, never the table.
@@ -40,12 +69,12 @@ UPDATE requests SET state = 'cancelled', error_code = 'cancelled', error_message
 WHERE job_id = ? AND state = 'pending';
 
 -- name: pending_for_planning
-SELECT rid, custom_id, url, model, size, attempts FROM requests
-WHERE job_id = ? AND state = 'pending' ORDER BY url, model, rid LIMIT ?;
+SELECT rid, custom_id, route, url, model, size, attempts FROM requests
+WHERE job_id = ? AND state = 'pending' ORDER BY route, url, model, rid LIMIT ?;
 
 -- name: insert_shard
-INSERT INTO shards (job_id, attempt, token, phase, endpoint, model, request_count, bytes, created_at)
-VALUES (?, 1, ?, 'planned', ?, ?, 0, 0, ?);
+INSERT INTO shards (job_id, attempt, token, phase, route, endpoint, model, request_count, bytes, created_at)
+VALUES (?, 1, ?, 'planned', ?, ?, ?, 0, 0, ?);
 
 -- name: size_shard
 UPDATE shards SET attempt = ?, request_count = ?, bytes = ? WHERE id = ?;
@@ -56,45 +85,50 @@ INSERT INTO shard_members (shard_id, wire_id, rid, attempt) VALUES (?, ?, ?, ?);
 -- name: assign_requests
 -- ?2: a JSON array of rids. One statement per page: no per-row binding, which cost twice the update itself.
 UPDATE requests SET state = 'in_flight', shard_id = ?1, attempts = attempts + 1
-WHERE rid IN (SELECT value FROM json_each(?2));
+WHERE rid IN (SELECT value FROM json_each(?2)) AND state = 'pending';
 
--- name: claimable_shards
--- Live shards not already leased by this owner: its own tasks renew those, so a run loop step that claims
--- costs nothing per shard in flight.
-SELECT id, lease_owner, lease_expires FROM shards
-WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned')
-  AND (lease_owner IS NULL OR lease_owner != ? OR lease_expires < ?);
+-- name: lease_holders
+SELECT DISTINCT lease_owner FROM shards
+WHERE job_id = ? AND phase NOT IN ('ingested', 'abandoned') AND lease_owner IS NOT NULL AND lease_expires >= ?;
 
--- name: claim_shard
-UPDATE shards SET lease_owner = :owner, lease_expires = :expires
-WHERE id = :id AND phase NOT IN ('ingested', 'abandoned')
-  AND (lease_owner IS NULL OR lease_owner = :owner OR lease_expires < :now OR lease_owner = :dead);
+-- name: claim_shards
+-- Live shards of the job that nobody holds, whose lease lapsed, or whose holder the engine found dead (?5: a JSON
+-- array of owners). Never the owner's own: its tasks drive those, and its lease keeper renews them.
+UPDATE shards SET lease_owner = ?1, lease_expires = ?2, lease_token = lease_token + 1
+WHERE job_id = ?3 AND phase NOT IN ('ingested', 'abandoned')
+  AND (lease_owner IS NULL
+       OR (lease_owner != ?1 AND (lease_expires < ?4 OR lease_owner IN (SELECT value FROM json_each(?5)))))
+RETURNING id, lease_token;
 
 -- name: renew_lease
-UPDATE shards SET lease_expires = ? WHERE id = ? AND lease_owner = ?;
+UPDATE shards SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?;
 
 -- name: renew_leases
 UPDATE shards SET lease_expires = ? WHERE lease_owner = ? AND phase NOT IN ('ingested', 'abandoned');
 
 -- name: release_lease
-UPDATE shards SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ?;
+UPDATE shards SET lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? AND lease_token = ?;
 
 -- name: get_shard
-SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
-       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+SELECT id, job_id, attempt, token, phase, route, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at,
+       provider_created_at, results_expire_at, last_error
 FROM shards WHERE id = ?;
 
 -- name: job_shards
-SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
-       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+SELECT id, job_id, attempt, token, phase, route, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at,
+       provider_created_at, results_expire_at, last_error
 FROM shards WHERE job_id = ? ORDER BY id;
 
 -- name: last_failed_with
--- The newest shard of the job whose batch failed with one of the error codes of a JSON array.
-SELECT id, job_id, attempt, token, phase, endpoint, model, request_count, bytes, file_id, batch_id,
-       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at
+-- The newest shard of the job whose batch failed, or that the provider refused, with one of the error codes of
+-- a JSON array.
+SELECT id, job_id, attempt, token, phase, route, endpoint, model, request_count, bytes, file_id, batch_id,
+       batch_status, output_file_id, error_file_id, provider_counts, errors, created_at, creating_at, ended_at,
+       provider_created_at, results_expire_at, last_error
 FROM shards
-WHERE job_id = ? AND batch_status = 'failed'
+WHERE job_id = ? AND (batch_status = 'failed' OR phase = 'abandoned')
   AND EXISTS (SELECT 1 FROM json_each(shards.errors) e WHERE json_extract(e.value, '$.code') IN
               (SELECT value FROM json_each(?)))
 ORDER BY id DESC LIMIT 1;
@@ -104,33 +138,50 @@ SELECT m.wire_id, r.url, r.body FROM shard_members m JOIN requests r ON r.rid = 
 WHERE m.shard_id = ? AND m.wire_id > ? ORDER BY m.wire_id LIMIT ?;
 
 -- name: shard_uploaded
-UPDATE shards SET phase = 'uploaded', file_id = ? WHERE id = ? AND lease_owner = ? AND phase = 'planned';
+UPDATE shards SET phase = 'uploaded', file_id = ?, last_error = NULL
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'planned';
 
 -- name: shard_creating
-UPDATE shards SET phase = 'creating', creating_at = ? WHERE id = ? AND lease_owner = ? AND phase = 'uploaded';
+UPDATE shards SET phase = 'creating', creating_at = ?
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'uploaded';
+
+-- name: shard_reupload
+UPDATE shards SET phase = 'planned', file_id = NULL, last_error = ?
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase IN ('uploaded', 'creating');
 
 -- name: shard_submitted
-UPDATE shards SET phase = 'submitted', batch_id = ?, batch_status = ?, provider_counts = ?, errors = ?
-WHERE id = ? AND lease_owner = ? AND phase = 'creating';
+UPDATE shards SET phase = 'submitted', batch_id = ?, batch_status = ?, provider_counts = ?, errors = ?,
+                  provider_created_at = ?, last_error = NULL
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'creating';
+
+-- name: shard_rebind
+UPDATE shards SET batch_id = ?, batch_status = ?, provider_counts = ?, errors = ?, provider_created_at = ?
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'submitted';
 
 -- name: recorded_batch_ids
 SELECT batch_id FROM shards WHERE batch_id IS NOT NULL AND created_at >= ?;
 
 -- name: shard_polled
-UPDATE shards SET batch_status = ?, provider_counts = ?, errors = ?, output_file_id = ?, error_file_id = ?
-WHERE id = ? AND lease_owner = ? AND phase = 'submitted';
+UPDATE shards SET batch_status = ?, provider_counts = ?, errors = ?, output_file_id = ?, error_file_id = ?,
+                  last_error = NULL
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'submitted';
 
 -- name: shard_ended
 UPDATE shards SET phase = 'ended', ended_at = ?
-WHERE id = ? AND lease_owner = ? AND phase = 'submitted';
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'submitted';
+
+-- name: shard_note
+UPDATE shards SET last_error = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?;
 
 -- name: shard_ingested
-UPDATE shards SET phase = 'ingested', lease_owner = NULL, lease_expires = NULL
-WHERE id = ? AND lease_owner = ? AND phase = 'ended';
+UPDATE shards SET phase = 'ingested', lease_owner = NULL, lease_expires = NULL, last_error = NULL
+WHERE id = ? AND lease_owner = ? AND lease_token = ? AND phase = 'ended';
 
 -- name: shard_abandoned
-UPDATE shards SET phase = 'abandoned', errors = ?, lease_owner = NULL, lease_expires = NULL
-WHERE id = ? AND phase IN ('planned', 'uploaded', 'creating');
+-- ?3, ?4: the lease it is abandoned under; NULL for a job's cancel, which only abandons shards not yet created.
+UPDATE shards SET phase = 'abandoned', errors = ?1, lease_owner = NULL, lease_expires = NULL
+WHERE id = ?2 AND phase NOT IN ('ingested', 'abandoned')
+  AND ((?3 IS NULL AND phase IN ('planned', 'uploaded')) OR (lease_owner = ?3 AND lease_token = ?4));
 
 -- name: member_requests
 SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = ?;
@@ -199,7 +250,7 @@ SELECT
 -- `+r.state`: walk requests_job in rid order (a page costs its own rows), not requests_pending + a sort.
 SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
        s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
-       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
+       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id, r.route
 FROM requests r
 LEFT JOIN results s ON s.rid = r.rid AND s.attempt = r.attempts
 LEFT JOIN shards sh ON sh.id = s.shard_id
@@ -209,7 +260,7 @@ ORDER BY r.rid LIMIT ?;
 -- name: all_attempt_results
 SELECT r.rid, r.custom_id, r.state, s.attempt, r.error_code, r.error_message,
        s.outcome, s.status_code, s.body, s.error_code, s.error_message, s.input_tokens, s.output_tokens,
-       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id
+       s.cached_tokens, s.model, s.request_id, s.line_id, sh.batch_id, r.route
 FROM requests r
 JOIN results s ON s.rid = r.rid
 LEFT JOIN shards sh ON sh.id = s.shard_id
@@ -222,3 +273,35 @@ WHERE s.job_id = ? ORDER BY o.shard_id, o.wire_id;
 
 -- name: acknowledge
 UPDATE requests SET consumed = 1 WHERE job_id = ? AND custom_id = ?;
+
+-- name: audit_requests
+SELECT custom_id, state, attempts FROM requests WHERE job_id = ?;
+
+-- name: audit_wire_ids
+SELECT r.custom_id, m.wire_id FROM shard_members m JOIN requests r ON r.rid = m.rid WHERE r.job_id = ?;
+
+-- name: audit_successes
+SELECT r.custom_id, s.attempt FROM results s JOIN requests r ON r.rid = s.rid
+WHERE r.job_id = ? AND s.outcome = 'succeeded';
+
+-- name: audit_tokens
+SELECT token FROM shards WHERE job_id = ?;
+
+-- name: stats_jobs
+SELECT status, COUNT(*) FROM jobs GROUP BY status;
+
+-- name: stats_shards
+SELECT phase, COUNT(*) FROM shards GROUP BY phase;
+
+-- name: stats_batches
+SELECT batch_status, COUNT(*) FROM shards WHERE phase IN ('submitted', 'ended') AND batch_status IS NOT NULL
+GROUP BY batch_status;
+
+-- name: stats_requests
+-- pending, in_flight, failed, cancelled from their partial indexes, then every request.
+SELECT
+  (SELECT COUNT(*) FROM requests WHERE state = 'pending'),
+  (SELECT COUNT(*) FROM requests WHERE state = 'in_flight'),
+  (SELECT COUNT(*) FROM requests WHERE state = 'failed'),
+  (SELECT COUNT(*) FROM requests WHERE state = 'cancelled'),
+  (SELECT COUNT(*) FROM requests);

@@ -1,0 +1,63 @@
+"""Sharding: which pending requests go together into the next provider batch.
+
+A shard holds one route (provider), endpoint and model, stays under the provider's limits in requests and bytes,
+and takes requests in input order. Planning reads the pending requests a page at a time inside one planning
+session of the store, so memory holds one page whatever the size of the job, and the shard's membership is
+committed before any file is built (invariant 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..model import PlannedShard, ShardLimits, WireIdFn
+from ..store.base import Store
+
+PLAN_PAGE = 5000  # pending requests read at a time while planning
+
+
+async def plan_shard(
+    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn]
+) -> PlannedShard | None:
+    """Put pending requests of the job into one new shard; None when none is pending.
+
+    ``limits(route)`` and ``wire_id(route)`` come from the provider of the route the first pending request is
+    for. Each request's attempt goes up by one. One shard per session, so that the engine uploads a shard while
+    it plans the next.
+    """
+    async with store.planning(job_id) as session:
+        shard: PlannedShard | None = None
+        bound = ShardLimits(max_requests=PLAN_PAGE, max_bytes=0)
+        make_id: WireIdFn | None = None
+        while True:
+            room = PLAN_PAGE if shard is None else min(PLAN_PAGE, bound.max_requests - shard.request_count)
+            if room <= 0:
+                break
+            rows = await session.pending(room)
+            if not rows:
+                break
+            if shard is None:
+                first = rows[0]
+                bound, make_id = limits(first.route), wire_id(first.route)
+                shard = PlannedShard(route=first.route, endpoint=first.url, model=first.model, request_count=0,
+                                     bytes=0)
+                await session.add_shard(shard)
+            assert make_id is not None
+            members: list[tuple[int, str, int]] = []  # (rid, wire_id, attempt in this shard)
+            full = False
+            for row in rows:
+                if shard.request_count and (
+                    (row.route, row.url, row.model) != (shard.route, shard.endpoint, shard.model)
+                    or shard.bytes + row.size > bound.max_bytes
+                    or shard.request_count >= bound.max_requests
+                ):
+                    full = True
+                    break
+                shard.request_count += 1
+                shard.bytes += row.size
+                shard.attempt = max(shard.attempt, row.attempts + 1)
+                members.append((row.rid, make_id(row.custom_id, row.rid, shard.token), row.attempts + 1))
+            await session.add_members(shard, members)
+            if full or len(rows) < room:
+                break
+        return shard

@@ -1,0 +1,40 @@
+"""The store contract suite runs on every backend: ``stores`` is a factory of store objects on one fresh database,
+each a connection of its own (another worker, another machine)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncbatch.store import Store, open_store
+
+StoreFactory = Callable[..., Awaitable[Store]]
+
+#: Backends the contract suite runs on, each giving the URL of a fresh, empty database.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp_path: str(tmp_path / "store.db"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    url = BACKENDS[request.param](request, tmp_path)
+    opened: list[Store] = []
+
+    async def make(**options: Any) -> Store:
+        store = open_store(url, **options)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(stores: StoreFactory) -> Store:
+    return await stores()
