@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback; API keys come from the environmen
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DB_ENV = "ASYNCBATCH_DB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", required=True, type=Path, help="SQLite job store file")
+        p.add_argument("--db", type=Path, help=f"SQLite job store file (default: ${DB_ENV})")
         return p
 
     p = with_db(sub.add_parser("submit", help="validate and store a JSONL file as a job; prints the job id"))
@@ -86,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_db(sub.add_parser("results", help="write the final result of every custom_id as JSONL"))
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.jsonl")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.jsonl",
+                   help="where to write; - for standard output (a FIFO or device is written into, not replaced)")
     p.add_argument("--format", choices=["native", "openai"], default="native",
                    help="response bodies as the provider sent them, or as OpenAI chat.completion bodies")
     p.add_argument("--all-attempts", action="store_true", help="one line per attempt instead of the final one")
@@ -105,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if "db" in args:
+        try:
+            args.db = store_path(args.db)
+        except ValueError as exc:
+            print(f"asyncbatch: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "emulator":
         from .emulator import cli as emulator_cli
 
@@ -140,6 +149,15 @@ def _configure_logging(verbose: int) -> None:
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def store_path(db: Path | None) -> Path:
+    """The job store a command works on: ``--db``, else ``$ASYNCBATCH_DB`` (the one place that decides it)."""
+    if db is not None:
+        return db
+    if from_env := os.environ.get(DB_ENV):
+        return Path(from_env).expanduser()
+    raise ValueError(f"which job store? pass --db FILE or set {DB_ENV}")
 
 
 def _existing_store(path: Path) -> Path:
@@ -213,6 +231,9 @@ async def _run(args: argparse.Namespace) -> int:
 
         display = _display(args.progress)
         job_ids = args.job_ids or [job.id for job in await bm.list_jobs() if not job.status.is_terminal]
+        if not job_ids:
+            print(f"asyncbatch: nothing to run: every job in {args.db} has ended", file=sys.stderr)
+            return 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, tg.cancel_scope)
             done = anyio.Event()
@@ -253,7 +274,8 @@ async def _status(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(payload).decode())
         return 0
     c = job.counts
-    print(f"job {job.id} ({job.provider}, {job.endpoint}): {job.status.value}"
+    endpoint = "* = mixed endpoints" if job.endpoint == "*" else job.endpoint
+    print(f"job {job.id} ({job.provider}, {endpoint}): {job.status.value}"
           f"{' (cancel requested)' if job.cancel_requested and job.status.value != 'cancelled' else ''}")
     print(f"  requests: {c.total} total, {c.completed} succeeded, {c.failed} failed, {c.in_flight} in flight, "
           f"{c.pending} pending, {c.cancelled} cancelled")
@@ -293,11 +315,17 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _results(args: argparse.Namespace) -> int:
-    from .export import write_results
+    from .export import STDOUT, write_results
 
     async with _manager(args) as bm:
         count = await write_results(bm, args.job_id, args.output, fmt=args.format, all_attempts=args.all_attempts)
-    print(f"wrote {count} results to {args.output}", file=sys.stderr)
+        job = await bm.status(args.job_id)
+    where = "standard output" if str(args.output) == STDOUT else args.output
+    print(f"wrote {count} results to {where}", file=sys.stderr)
+    if unfinished := job.counts.pending + job.counts.in_flight:
+        print(f"asyncbatch: job {job.id} is {job.status.value}: {unfinished} of {job.counts.total} requests are "
+              f"still unfinished and not in the output (`asyncbatch wait {job.id}` drives it to the end)",
+              file=sys.stderr)
     return 0
 
 
