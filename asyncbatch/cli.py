@@ -24,9 +24,14 @@ DB_ENV = "ASYNCBATCH_DB"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .providers import PROVIDER_NAMES
+
+    providers = ", ".join(PROVIDER_NAMES)
     parser = argparse.ArgumentParser(
         prog="asyncbatch",
-        description="Durable client for LLM provider batch APIs (OpenAI, Anthropic) with a local SQLite job store.",
+        description=f"Durable client for LLM provider batch APIs ({providers}) with a local SQLite job store. "
+                    "Each provider's key comes from its own environment variable (OPENAI_API_KEY, "
+                    "ANTHROPIC_API_KEY, GROQ_API_KEY...), never from another provider's.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_db(sub.add_parser("submit", help="validate and store a JSONL file as a job; prints the job id"))
     p.add_argument("file", type=Path, metavar="FILE.jsonl")
-    p.add_argument("--provider", default="openai", help="openai (default), azure or anthropic")
+    p.add_argument("--provider", default="openai", choices=PROVIDER_NAMES, metavar="PROVIDER",
+                   help=f"one of {providers} (default: openai)")
     p.add_argument("--base-url", help="provider base URL (default: from the environment, else the public API)")
     p.add_argument("--endpoint", help="every line must be for this endpoint (default: any, mixed allowed)")
     p.add_argument("--completion-window", default="24h")
