@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Each provider's key comes from its own environment variable (OPENAI_API_KEY, "
                     "ANTHROPIC_API_KEY, GROQ_API_KEY...), never from another provider's.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v what happens to each job, -vv asyncbatch's debug lines, -vvv also the "
+                             "libraries' (the database driver's show prompts and results)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -151,10 +153,14 @@ def _reportable(exc: BaseException) -> BaseException | None:
 
 
 def _configure_logging(verbose: int) -> None:
+    """Our loggers at the level asked for; the libraries' stay at WARNING below ``-vvv``: aiosqlite logs every
+    statement with its parameters at DEBUG, which are the prompts and the results."""
     import logging
 
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ours = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=logging.DEBUG if verbose >= 3 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("asyncbatch").setLevel(ours)
 
 
 def store_path(db: Path | None) -> Path:

@@ -130,3 +130,27 @@ async def test_run_with_nothing_to_do_and_results_of_an_unfinished_job_say_so(tm
         assert code == 0 and f"{job.id} done" in out
         code, out, err = await cli("run", "--db", str(db))
     assert code == 0 and out == "" and "nothing to run" in err
+
+
+# --- logging ---------------------------------------------------------------------------------------------
+
+
+async def test_vv_logs_our_debug_lines_without_the_libraries_or_any_prompt(tmp_path: Path) -> None:
+    from asyncbatch.emulator.config import FaultSpec
+
+    prompt = "the-secret-prompt-text"
+    config = EmulatorConfig(faults={"batches_read": FaultSpec(rate_500=1.0, max_faults=1)})
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        logs = {}
+        for flag in ("-vv", "-vvv"):
+            db = tmp_path / f"{flag}.db"
+            provider = OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url)
+            async with BatchManager(db, provider=provider) as bm:
+                job = await bm.submit([chat_line("r", prompt)])
+            emu.config.faults["batches_read"].max_faults = 1 if flag == "-vv" else 2
+            code, out, logs[flag] = await cli(flag, "run", "--db", str(db), "--poll-interval", "0.05")
+            assert code == 0 and f"{job.id} done" in out, logs[flag]
+    quiet, loud = logs["-vv"], logs["-vvv"]
+    assert "DEBUG asyncbatch.http: retrying GET" in quiet and "INFO asyncbatch" in quiet
+    assert "aiosqlite" not in quiet and prompt not in quiet
+    assert "DEBUG aiosqlite" in loud  # -vvv lets the libraries speak (prompts included: the user asked)
