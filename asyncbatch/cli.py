@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec  # already loaded with the package (its model); the rest is imported lazily
+
 if TYPE_CHECKING:
     from .manager import BatchManager
     from .progress import Display
@@ -204,8 +206,42 @@ async def _submit(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts, job_id=args.job_id,
         )
     print(f"stored {job.counts.total} requests as job {job.id}", file=sys.stderr)
+    for _, model in await _unpriced_models(args.file, job.provider):
+        print(f"asyncbatch: warning: model {model!r} is unknown to the price data: check its spelling "
+              "(the provider may accept it only to fail every request); its cost will show as unpriced",
+              file=sys.stderr)
     print(job.id)
     return 0
+
+
+async def _unpriced_models(path: Path, provider: str) -> list[tuple[str, str]]:
+    """The models of a submitted file that the price data does not know, read again from the file (the
+    store keeps no list of a job's models)."""
+    import anyio
+
+    from .cost import unknown_models
+    from .jsonl import iter_lines
+
+    def scan() -> list[tuple[str, str]]:
+        decoder = msgspec.json.Decoder(_ModelsOfLine)
+        models: dict[str, None] = {}
+        for _, raw in iter_lines(path):
+            line = decoder.decode(raw)
+            for part in (line.body, line.params):
+                if part is not None and isinstance(part.model, str):
+                    models[part.model] = None
+        return unknown_models((provider, model) for model in models)
+
+    return await anyio.to_thread.run_sync(scan)
+
+
+class _Model(msgspec.Struct):
+    model: object = None
+
+
+class _ModelsOfLine(msgspec.Struct):
+    body: _Model | None = None  # OpenAI batch lines
+    params: _Model | None = None  # Anthropic's native lines
 
 
 def _display(wanted: bool | None) -> Display | None:
@@ -269,7 +305,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    import msgspec
 
     async with _manager(args) as bm:
         job = await bm.status(args.job_id)
@@ -306,7 +341,6 @@ def _strays(count: int) -> str:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    import msgspec
 
     async with _manager(args) as bm:
         jobs = await bm.list_jobs()
@@ -348,7 +382,6 @@ async def _watch(args: argparse.Namespace) -> int:
     from functools import partial
 
     import anyio
-    import msgspec
 
     from .progress import follow
     from .webhooks import WebhookSender, relay
@@ -383,7 +416,6 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 async def _cost(args: argparse.Namespace) -> int:
-    import msgspec
 
     from .cost import job_cost
 

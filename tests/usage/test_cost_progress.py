@@ -248,3 +248,47 @@ async def test_a_killed_ingestion_worker_processes_every_result_once_after_resta
     assert kills >= 1 and sorted(seen) == [f"r{i:03d}" for i in range(300)] and unconsumed == 0
     # a result is delivered again only if the kill fell between the sink's commit and the acknowledgement
     assert sum(times - 1 for times in seen.values()) <= 7 * kills
+
+
+def test_amounts_are_exact_to_the_prices_precision_without_decimal_noise() -> None:
+    """Pricing a group at its mean usage divides by its size: 1001.33... tokens left noise in the 28th digit."""
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    usages = [(1000, 7), (1001, 9), (1003, 11)]
+    report = price_results("job", "openai", [billed(f"r{i}", "gpt-4o-mini", *u) for i, u in enumerate(usages)],
+                           when=NOW)
+    exact = sum(calc_price(PriceUsage(input_tokens=i, output_tokens=o), "gpt-4o-mini", provider_id="openai",
+                           genai_request_timestamp=NOW).total_price for i, o in usages)
+    (model,) = report.models
+    assert model.live_cost is not None and str(model.live_cost) == str(exact.quantize(model.live_cost))
+    assert model.live_cost == exact and report.live_cost == exact
+    assert -int(model.live_cost.as_tuple().exponent) <= 9  # its cheapest price, $0.075 per MTok: 9 places
+    assert "0000000" not in report.summary() and "0000000" not in str(report.batch_cost)
+
+
+def test_unknown_models_names_what_the_price_data_does_not_know() -> None:
+    from asyncbatch.cost import unknown_models
+
+    pairs = [("openai", "gpt-4o-minni"), ("openai", "gpt-4o-mini"), ("openai", "gpt-4o-minni"),
+             ("anthropic", "claude-sonnet-4-5"), ("groq", "my-finetune-7b"), ("myhost", "gpt-4o")]
+    assert unknown_models(pairs) == [("openai", "gpt-4o-minni"), ("groq", "my-finetune-7b")]
+
+
+async def test_submit_warns_once_per_model_the_price_data_does_not_know(tmp_path: Path) -> None:
+    from tests.engine.test_crash import cli
+    from tests.helpers import write_jsonl
+
+    lines = [chat_line(f"r{i}", model="gpt-4o-minni") for i in range(3)] + [chat_line("ok", model="gpt-4o-mini")]
+    code, out, err = await cli("submit", str(write_jsonl(tmp_path / "in.jsonl", lines)), "--db",
+                               str(tmp_path / "jobs.db"))
+    assert code == 0 and out.startswith("job_")
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'gpt-4o-minni'" in warnings[0] and "unknown to the price data" in warnings[0]
+
+
+def test_configure_is_exported() -> None:
+    import asyncbatch
+    from asyncbatch import configure
+
+    assert configure is asyncbatch.litellm.configure and "configure" in asyncbatch.__all__
