@@ -128,7 +128,32 @@ def test_eta_follows_the_recent_rate() -> None:
     assert "[#.........] 100/1000" in line and "ETA 1:30" in line and "900 in flight" in line
 
 
-def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> None:
+def test_eta_is_the_same_for_every_viewer_whenever_it_started() -> None:
+    """`run` and `watch` disagreed (0:01 against 7:59 at the same moment): each estimated from what it had
+    sampled itself. Now the ETA comes from the store: the first batch's creation and the counts."""
+    from asyncbatch.model import Job, RequestCounts, Shard, ShardPhase
+    from asyncbatch.progress import estimate_eta
+
+    def job(done: int) -> Job:
+        return Job(id="j", provider="openai", base_url=None, endpoint="*", completion_window="24h", max_attempts=3,
+                   metadata={}, status=JobStatus.RUNNING, created_at=0, updated_at=0,
+                   counts=RequestCounts(total=1000, completed=done, in_flight=1000 - done))
+
+    shards = [Shard(id=i, job_id="j", attempt=1, token="t", phase=ShardPhase.SUBMITTED, endpoint="/v1/embeddings",
+                    model=None, request_count=500, bytes=1, creating_at=at) for i, at in ((1, 120.0), (2, 100.0))]
+    clock = [100.0]
+    early = ProgressTracker(clock=lambda: clock[0])  # `run`: watching since the start
+    assert early.update(job(0), shards).eta is None  # nothing finished: no rate yet
+    clock[0] = 150.0
+    early.update(job(10), shards)
+    clock[0] = 160.0
+    late = ProgressTracker(clock=lambda: clock[0])  # `watch`, started just now
+    assert early.update(job(400), shards).eta == late.update(job(400), shards).eta == 90.0  # 600 left at 400/60s
+    assert estimate_eta(job(400), shards, 160.0) == 90.0
+    assert estimate_eta(job(1000), shards, 160.0) == 0.0
+
+
+def test_terminal_display_writes_once_off_a_terminal_and_notebook_updates_one_output() -> None:
     from asyncbatch.model import RequestCounts
     from asyncbatch.progress import JobProgress
 
@@ -136,11 +161,14 @@ def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> 
                         attempt=1)
     last = JobProgress(job_id="j", status="done", counts=RequestCounts(total=4, completed=4),
                        batches={"completed": 1}, attempt=1, eta=0.0)
-    out = io.StringIO()
+    out = io.StringIO()  # not a terminal: nothing is redrawn, the final state is written once at close
     terminal = TerminalDisplay(out)
     terminal.show([first])
     terminal.show([last])
-    assert out.getvalue().count("\x1b[1F") == 1 and "4/4" in out.getvalue() and "1 completed" in out.getvalue()
+    assert out.getvalue() == ""
+    terminal.close()
+    (line,) = out.getvalue().splitlines()
+    assert "4/4" in line and "1 completed" in line and "\x1b[" not in line
 
     calls: list[tuple[str, Any]] = []
 
@@ -156,7 +184,7 @@ def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> 
     notebook.show([first])
     notebook.show([last])
     assert [kind for kind, _ in calls] == ["display", "update"]
-    assert "<progress value='4' max='4'" in calls[1][1]
+    assert "1/4" in calls[0][1] and "4/4" in calls[1][1] and "class='asyncbatch-progress'" in calls[1][1]
     assert auto_display(io.StringIO()) is None  # not a terminal, not a notebook: quiet
 
 
