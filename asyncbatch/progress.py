@@ -224,18 +224,21 @@ async def follow(
 ) -> list[JobProgress]:
     """Show the jobs' progress every ``interval`` seconds until they all end (or ``stop`` is set).
 
-    Returns the last snapshot; the display is drawn once more at the end so it shows the final state.
+    Returns the last snapshot; the display is drawn once more at the end so it shows the final state, and
+    closed however ``follow`` ends.
     """
     tracker = ProgressTracker()
-    while True:
-        jobs = [tracker.update(job, await store.job_shards(job.id))
-                for job in [await store.get_job(job_id) for job_id in job_ids]]
-        display.show(jobs)
-        if all(job.status in ("done", "cancelled") for job in jobs) or (stop is not None and stop.is_set()):
-            display.close()
-            return jobs
-        with anyio.move_on_after(interval):
-            if stop is not None:
-                await stop.wait()
-            else:
-                await anyio.sleep_forever()
+    try:
+        while True:
+            jobs = [tracker.update(job, await store.job_shards(job.id))
+                    for job in [await store.get_job(job_id) for job_id in job_ids]]
+            display.show(jobs)
+            if all(job.status in ("done", "cancelled") for job in jobs) or (stop is not None and stop.is_set()):
+                return jobs
+            with anyio.move_on_after(interval):
+                if stop is not None:
+                    await stop.wait()
+                else:
+                    await anyio.sleep_forever()
+    finally:  # also when cancelled (Ctrl-C): the terminal gets its cursor back below the last drawing
+        display.close()

@@ -70,14 +70,18 @@ class Tmux:
         """Every line the pane has shown, scrolled-off history included."""
         return self.tmux("capture-pane", "-p", "-S", "-", "-t", "0").rstrip("\n").split("\n")
 
-    def wait_for_exit(self, timeout: float = 90) -> list[str]:
+    def wait_for(self, text: str, timeout: float = 90) -> list[str]:
+        """The pane's lines once one of them holds ``text``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             lines = self.screen()
-            if any(line.startswith("EXIT=") for line in lines):
+            if any(text in line for line in lines):
                 return lines
-            time.sleep(0.2)
-        raise AssertionError("the command did not end:\n" + "\n".join(self.screen()))
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never showed:\n" + "\n".join(self.screen()))
+
+    def wait_for_exit(self) -> list[str]:
+        return self.wait_for("EXIT=")
 
     def close(self) -> None:
         subprocess.run([self.binary, "-L", self.socket, "kill-server"], capture_output=True, timeout=30, check=False)
@@ -187,3 +191,17 @@ def test_the_display_renders_and_updates_in_a_real_jupyter_kernel(tmp_path: Path
     assert shown.data["text/html"] == last
     text = html.unescape(re.sub(r"<[^>]+>", "", last))
     assert all(len(line) <= NOTEBOOK_WIDTH for line in text.splitlines())  # cut like a terminal line
+
+
+async def test_ctrl_c_leaves_the_terminal_with_its_cursor(tmp_path: Path, tmux: Tmux) -> None:
+    """The live display hides the cursor while it draws; an interrupted run must show it again."""
+    async with run_emulator(EmulatorConfig(complete_after=60), data_dir=tmp_path / "emu") as emu:
+        db, _ = await submit_job(tmp_path, emu, requests=10)
+        tmux.run([sys.executable, "-m", "asyncbatch", "run", "--db", str(db), "--poll-interval", "0.1"], width=80,
+                 env=cli_env())
+        await anyio.to_thread.run_sync(tmux.wait_for, " running ")
+        assert tmux.tmux("display-message", "-p", "-t", "0", "#{cursor_flag}").strip() == "0"  # drawing
+        tmux.tmux("send-keys", "-t", "0", "C-c")
+        lines = await anyio.to_thread.run_sync(tmux.wait_for_exit)
+    assert lines[-1] == "EXIT=130" and any("stopped by SIGINT" in line for line in lines), "\n".join(lines)
+    assert tmux.tmux("display-message", "-p", "-t", "0", "#{cursor_flag}").strip() == "1"
