@@ -305,6 +305,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
+    import msgspec
 
     async with _manager(args) as bm:
         job = await bm.status(args.job_id)
@@ -341,6 +342,7 @@ def _strays(count: int) -> str:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    import msgspec
 
     async with _manager(args) as bm:
         jobs = await bm.list_jobs()
@@ -382,6 +384,7 @@ async def _watch(args: argparse.Namespace) -> int:
     from functools import partial
 
     import anyio
+    import msgspec
 
     from .progress import follow
     from .webhooks import WebhookSender, relay
@@ -416,6 +419,7 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 async def _cost(args: argparse.Namespace) -> int:
+    import msgspec
 
     from .cost import job_cost
 
