@@ -43,14 +43,14 @@ lint: $(STAMP)
 	touch $@
 
 test-oldest: .venv-oldest/.installed
-	.venv-oldest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices)=='
+	.venv-oldest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices|rich)=='
 	.venv-oldest/bin/python -m pytest -q $(FAST)
 
 # Newest releases: resolved afresh on every run, never from the lock.
 test-latest:
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install $(PIP_QUIET) --upgrade --upgrade-strategy eager -e '.[dev]'
-	.venv-latest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices)=='
+	.venv-latest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices|rich)=='
 	.venv-latest/bin/python -m pytest -q $(FAST)
 
 # uv resolves; pip installs (a fresh machine needs nothing but Python to run the tests).

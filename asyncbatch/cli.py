@@ -7,10 +7,13 @@ stderr and a non-zero exit, never a traceback; API keys come from the environmen
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec  # already loaded with the package (its model); the rest is imported lazily
 
 if TYPE_CHECKING:
     from .manager import BatchManager
@@ -19,24 +22,34 @@ if TYPE_CHECKING:
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DB_ENV = "ASYNCBATCH_DB"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .providers import PROVIDER_NAMES
+
+    providers = ", ".join(PROVIDER_NAMES)
     parser = argparse.ArgumentParser(
         prog="asyncbatch",
-        description="Durable client for LLM provider batch APIs (OpenAI, Anthropic) with a local SQLite job store.",
+        description=f"Durable client for LLM provider batch APIs ({providers}) with a local SQLite job store. "
+                    "Each provider's key comes from its own environment variable (OPENAI_API_KEY, "
+                    "ANTHROPIC_API_KEY, GROQ_API_KEY...), never from another provider's.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v what happens to each job, -vv asyncbatch's debug lines, -vvv also the "
+                             "libraries' (the database driver's show prompts and results)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", required=True, metavar="STORE",
-                       help="the job store: a SQLite file, sqlite:///path, or postgresql://user@host/db")
+        p.add_argument("--db", metavar="STORE",
+                       help=f"the job store: a SQLite file, sqlite:///path, or postgresql://user@host/db "
+                            f"(default: ${DB_ENV})")
         return p
 
     p = with_db(sub.add_parser("submit", help="validate and store a JSONL file as a job; prints the job id"))
     p.add_argument("file", type=Path, metavar="FILE.jsonl")
-    p.add_argument("--provider", default="openai", help="openai (default), azure or anthropic")
+    p.add_argument("--provider", default="openai", choices=PROVIDER_NAMES, metavar="PROVIDER",
+                   help=f"one of {providers} (default: openai)")
     p.add_argument("--base-url", help="provider base URL (default: from the environment, else the public API)")
     p.add_argument("--endpoint", help="every line must be for this endpoint (default: any, mixed allowed)")
     p.add_argument("--completion-window", default="24h")
@@ -99,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_db(sub.add_parser("results", help="write the final result of every custom_id as JSONL"))
     p.add_argument("job_id", metavar="JOB_ID")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.jsonl")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.jsonl",
+                   help="where to write; - for standard output (a FIFO or device is written into, not replaced)")
     p.add_argument("--format", choices=["native", "openai"], default="native",
                    help="response bodies as the provider sent them, or as OpenAI chat.completion bodies")
     p.add_argument("--all-attempts", action="store_true", help="one line per attempt instead of the final one")
@@ -118,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if "db" in args:
+        try:
+            args.db = store_path(args.db)
+        except ValueError as exc:
+            print(f"asyncbatch: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "emulator":
         from .emulator import cli as emulator_cli
 
@@ -149,10 +169,23 @@ def _reportable(exc: BaseException) -> BaseException | None:
 
 
 def _configure_logging(verbose: int) -> None:
+    """Our loggers at the level asked for; the libraries' stay at WARNING below ``-vvv``: aiosqlite logs every
+    statement with its parameters at DEBUG, which are the prompts and the results."""
     import logging
 
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ours = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=logging.DEBUG if verbose >= 3 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("asyncbatch").setLevel(ours)
+
+
+def store_path(db: str | None) -> str:
+    """The job store a command works on: ``--db``, else ``$ASYNCBATCH_DB`` (the one place that decides it)."""
+    if db is not None:
+        return db
+    if from_env := os.environ.get(DB_ENV):
+        return from_env if "://" in from_env else os.path.expanduser(from_env)
+    raise ValueError(f"which job store? pass --db STORE or set {DB_ENV}")
 
 
 def _existing_store(url: str) -> str:
@@ -189,8 +222,42 @@ async def _submit(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts, job_id=args.job_id,
         )
     print(f"stored {job.counts.total} requests as job {job.id}", file=sys.stderr)
+    for _, model in await _unpriced_models(args.file, job.provider):
+        print(f"asyncbatch: warning: model {model!r} is unknown to the price data: check its spelling "
+              "(the provider may accept it only to fail every request); its cost will show as unpriced",
+              file=sys.stderr)
     print(job.id)
     return 0
+
+
+async def _unpriced_models(path: Path, provider: str) -> list[tuple[str, str]]:
+    """The models of a submitted file that the price data does not know, read again from the file (the
+    store keeps no list of a job's models)."""
+    import anyio
+
+    from .cost import unknown_models
+    from .jsonl import iter_lines
+
+    def scan() -> list[tuple[str, str]]:
+        decoder = msgspec.json.Decoder(_ModelsOfLine)
+        models: dict[str, None] = {}
+        for _, raw in iter_lines(path):
+            line = decoder.decode(raw)
+            for part in (line.body, line.params):
+                if part is not None and isinstance(part.model, str):
+                    models[part.model] = None
+        return unknown_models((provider, model) for model in models)
+
+    return await anyio.to_thread.run_sync(scan)
+
+
+class _Model(msgspec.Struct):
+    model: object = None
+
+
+class _ModelsOfLine(msgspec.Struct):
+    body: _Model | None = None  # OpenAI batch lines
+    params: _Model | None = None  # Anthropic's native lines
 
 
 def _display(wanted: bool | None) -> Display | None:
@@ -228,6 +295,9 @@ async def _run(args: argparse.Namespace) -> int:
 
         display = _display(args.progress)
         job_ids = args.job_ids or [job.id for job in await bm.list_jobs() if not job.status.is_terminal]
+        if not job_ids:
+            print(f"asyncbatch: nothing to run: every job in {args.db} has ended", file=sys.stderr)
+            return 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, tg.cancel_scope)
             done = anyio.Event()
@@ -268,7 +338,8 @@ async def _status(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(payload).decode())
         return 0
     c = job.counts
-    print(f"job {job.id} ({job.provider}, {job.endpoint}): {job.status.value}"
+    endpoint = "* = mixed endpoints" if job.endpoint == "*" else job.endpoint
+    print(f"job {job.id} ({job.provider}, {endpoint}): {job.status.value}"
           f"{' (cancel requested)' if job.cancel_requested and job.status.value != 'cancelled' else ''}")
     print(f"  requests: {c.total} total, {c.completed} succeeded, {c.failed} failed, {c.in_flight} in flight, "
           f"{c.pending} pending, {c.cancelled} cancelled")
@@ -308,11 +379,17 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _results(args: argparse.Namespace) -> int:
-    from .export import write_results
+    from .export import STDOUT, write_results
 
     async with _manager(args) as bm:
         count = await write_results(bm, args.job_id, args.output, fmt=args.format, all_attempts=args.all_attempts)
-    print(f"wrote {count} results to {args.output}", file=sys.stderr)
+        job = await bm.status(args.job_id)
+    where = "standard output" if str(args.output) == STDOUT else args.output
+    print(f"wrote {count} results to {where}", file=sys.stderr)
+    if unfinished := job.counts.pending + job.counts.in_flight:
+        print(f"asyncbatch: job {job.id} is {job.status.value}: {unfinished} of {job.counts.total} requests are "
+              f"still unfinished and not in the output (`asyncbatch wait {job.id}` drives it to the end)",
+              file=sys.stderr)
     return 0
 
 

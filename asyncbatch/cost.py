@@ -9,7 +9,9 @@ reported as unpriced, never as costing zero.
 Pricing one result at a time costs ~0.1 ms in the library, too slow for a million results, so usage is
 summed per model and price tier (prompts above a tier threshold, e.g. 200k tokens, are dearer per token)
 and each group is priced once at its mean usage times its size, which is exact because prices are linear
-within a tier.
+within a tier. The mean's division leaves noise in the last of Decimal's 28 digits
+(``0.0007440000000000000000000000001``), so amounts are rounded to the places that whole tokens at the
+model's prices can have: a $0.15 per million tokens price prices a token to 8 places.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class CostReport(msgspec.Struct, kw_only=True):
 
 
 def _money(value: Decimal) -> str:
-    return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
+    """An amount as exact as the prices make it, without trailing zeros (never in exponent notation)."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class _Group(msgspec.Struct):
@@ -120,47 +124,90 @@ class _Group(msgspec.Struct):
                      output_tokens=self.output_tokens / n)
 
 
+def _find_model(model: str, provider: str) -> tuple[Any, str | None]:
+    """genai-prices' entry for a model and the provider id to price it under; ``LookupError`` when unknown.
+
+    A provider the library does not list (a compatible host) is matched by model name alone (provider None).
+    """
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        return snapshot.find_provider_model(model, None, provider, None)[1], provider
+    except LookupError:
+        return snapshot.find_provider_model(model, None, None, None)[1], None
+
+
+def unknown_models(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (provider, model) pairs the price data does not know (a misspelled ``gpt-4o-minni``, a
+    fine-tune), in first-seen order: their cost will be reported as unpriced, so say so at submit."""
+    unknown: list[tuple[str, str]] = []
+    for pair in dict.fromkeys(pairs):
+        try:
+            _find_model(pair[1], pair[0])
+        except LookupError:
+            unknown.append(pair)
+    return unknown
+
+
+def _places(prices: Any) -> int:
+    """Decimal places of the exact cost of whole tokens at these per-million-token prices."""
+    from genai_prices.types import TieredPrices
+
+    values: list[Decimal] = []
+    for key, value in vars(prices).items():
+        if key.endswith("_mtok") and isinstance(value, TieredPrices):
+            values += [value.base, *(tier.price for tier in value.tiers)]
+        elif key.endswith("_mtok") and isinstance(value, Decimal):
+            values.append(value)
+    return 6 + max((max(0, -int(v.as_tuple().exponent)) for v in values), default=0)
+
+
+def _rounded(amount: Decimal, places: int) -> Decimal:
+    return amount.quantize(Decimal(1).scaleb(-places))
+
+
 class _ModelPrices:
-    """One model as genai-prices knows it: its tier thresholds and whether it has a batch price."""
+    """One model as genai-prices knows it: its tier thresholds, whether it has a batch price, and the decimal
+    places of its exact costs."""
 
     def __init__(self, model: str, provider: str, when: datetime) -> None:
-        from genai_prices import data_snapshot
         from genai_prices.types import TieredPrices
 
-        snapshot = data_snapshot.get_snapshot()
-        self.provider_id: str | None = provider
-        try:
-            _, info = snapshot.find_provider_model(model, None, provider, None)
-        except LookupError:  # a provider the library does not list (a compatible host): match by model name
-            self.provider_id = None
-            _, info = snapshot.find_provider_model(model, None, None, None)
+        info, self.provider_id = _find_model(model, provider)
         self.model = model
         self.when = when
         self.has_batch_price = any(v.when == _BATCH_CONTEXT for v in info.price_variants or ())
+        live, batch = info.get_prices(when), info.get_prices(when, _BATCH_CONTEXT)
         thresholds = {
             tier.start
-            for prices in (info.get_prices(when), info.get_prices(when, _BATCH_CONTEXT))
+            for prices in (live, batch)
             for value in vars(prices).values() if isinstance(value, TieredPrices)
             for tier in value.tiers
         }
         self.thresholds = sorted(thresholds)
+        self.live_places = _places(live)
+        discount_places = max(0, -int(BATCH_DISCOUNT.as_tuple().exponent))
+        self.batch_places = _places(batch) if self.has_batch_price else self.live_places + discount_places
 
     def tier(self, input_tokens: int) -> int:
         """Index of the price tier of a request (the library applies a tier above its start)."""
         return bisect.bisect_left(self.thresholds, input_tokens)
 
     def cost(self, group: _Group) -> tuple[Decimal, Decimal]:
-        """(batch, live) cost of a group of requests of one tier."""
+        """(batch, live) cost of a group of requests of one tier, exact to the prices' precision."""
         from genai_prices import calc_price
 
         usage = group.mean_usage()
         live = calc_price(usage, self.model, provider_id=self.provider_id, genai_request_timestamp=self.when)
         live_cost = live.total_price * group.requests
         if not self.has_batch_price:
-            return live_cost * BATCH_DISCOUNT, live_cost
-        batch = calc_price(usage, self.model, provider_id=self.provider_id, genai_request_timestamp=self.when,
-                           price_context=_BATCH_CONTEXT)
-        return batch.total_price * group.requests, live_cost
+            batch_cost = live_cost * BATCH_DISCOUNT
+        else:
+            batch = calc_price(usage, self.model, provider_id=self.provider_id, genai_request_timestamp=self.when,
+                               price_context=_BATCH_CONTEXT)
+            batch_cost = batch.total_price * group.requests
+        return _rounded(batch_cost, self.batch_places), _rounded(live_cost, self.live_places)
 
     @property
     def source(self) -> str:

@@ -2,14 +2,15 @@
 
 It writes a mixed JSONL file (chat completions on two models plus embeddings), stores it as one job and
 drives it with the real engine while the emulator fails a few requests (retryable 500s), expires one
-provider batch half-way and rejects a few lines for good (400s). You see the live progress, the events
-(batches created, results ingested, failures resubmitted), a few results, and the cost against the same
-requests sent live. Everything stays in ``--dir``: inspect it with ``asyncbatch status/watch/cost``.
+provider batch half-way and rejects a few lines for good (400s). You see the live progress (on a terminal),
+then a dozen lines: how the job was sent, what failed and was resubmitted, the outcome, the cost against the
+same requests sent live, a result, and the command line to inspect it all in ``--dir``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import anyio
 
-from .cost import job_cost
+from .cost import CostReport, job_cost
 from .emulator import EmulatorConfig, run_emulator
-from .events import AnyEvent, BatchCreated, BatchStatusChanged, RequestsResubmitted, ResultsIngested
+from .events import AnyEvent, BatchCreated, BatchStatusChanged, RequestsResubmitted
 from .export import write_results
 from .manager import BatchManager
 from .model import Job, Result
@@ -50,21 +51,9 @@ def write_demo_input(path: Path, count: int) -> None:
             out.write(json.dumps(line) + "\n")
 
 
-def describe(event: AnyEvent) -> str | None:
-    """One line of the tour for the events worth telling (status ticks are left to the progress display)."""
-    if isinstance(event, BatchCreated):
-        return f"batch {event.batch_id} created: {event.request_count} requests, attempt {event.attempt}"
-    if isinstance(event, BatchStatusChanged) and event.status.is_terminal:
-        return f"batch {event.batch_id} ended {event.status.value}"
-    if isinstance(event, ResultsIngested):
-        return (f"batch {event.batch_id} results stored: {event.succeeded} succeeded, {event.failed} failed for "
-                f"good, {event.resubmitted} to resubmit")
-    if isinstance(event, RequestsResubmitted):
-        return f"{event.count} requests resubmitted in a new batch (attempt {event.attempt})"
-    return None
-
-
 async def run_demo(directory: Path, *, requests: int = 1200) -> int:
+    """Run the tour and tell it in a dozen lines: what was sent, what went wrong and was retried, what it
+    cost, where everything is, and the command line to look at it with."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
@@ -72,55 +61,76 @@ async def run_demo(directory: Path, *, requests: int = 1200) -> int:
     write_demo_input(input_path, requests)
     config = EmulatorConfig(complete_after=1.0, fail_rate=0.04, expire_batches=[2], seed=7)
     async with run_emulator(config, data_dir=directory / "emulator") as emu:
-        print(f"emulator of the OpenAI batch API listening at {emu.openai_base_url}")
+        print(f"asyncbatch demo: a real job on the built-in emulator of the OpenAI batch API ({emu.openai_base_url}),"
+              " no key, no network")
         provider = OpenAIProvider(api_key=DEMO_KEY, base_url=emu.openai_base_url)
         async with BatchManager(db_path, provider=provider, poll_interval=0.2, max_poll_interval=1.0,
                                 max_requests_per_batch=400) as bm:
             job = await bm.submit(input_path, metadata={"demo": "asyncbatch"}, max_attempts=3)
-            print(f"stored {job.counts.total} requests (chat on 2 models + embeddings) from {input_path} "
-                  f"as job {job.id}\n")
-            story: list[str] = []
+            print(f"  stored {job.counts.total} requests (chat on 2 models + embeddings) as job {job.id}; "
+                  "nothing is sent before they are")
+            events: list[AnyEvent] = []
             started = time.monotonic()
             display = auto_display(sys.stderr)
             async with anyio.create_task_group() as tg:
                 done = anyio.Event()
                 if display is not None:
                     tg.start_soon(lambda: follow(bm.store, [job.id], display, interval=0.3, stop=done))
-                tg.start_soon(_tell, bm, job.id, story)
+                tg.start_soon(_record, bm, job.id, events)
                 job = await bm.wait(job.id)
                 done.set()
             elapsed = time.monotonic() - started
-            print("what happened:")
-            print("\n".join(f"  {line}" for line in story))
             results = [r async for r in bm.results(job.id)]
             count = await write_results(bm, job.id, results_path, fmt="openai")
             report = await job_cost(bm.store, job.id)
-    _summary(job, elapsed, results, results_path=results_path, count=count, db_path=db_path)
-    print()
-    print(report.summary())
+    for line in _story(job, events, results, report, elapsed):
+        print(f"  {line}")
+    print(f"  results ({count} lines, OpenAI batch output format): {results_path}")
+    print(f"  e.g. {_example(results)}")
+    print(f"everything is in {directory}/; look at it with the command line (also cost, results, watch, --help):")
+    print(f"  {_cli()} status {job.id} --db {db_path}")
     return 0
 
 
-async def _tell(bm: BatchManager, job_id: str, story: list[str]) -> None:
+async def _record(bm: BatchManager, job_id: str, events: list[AnyEvent]) -> None:
     async for event in bm.watch(job_id, poll_interval=0.3):
-        line = describe(event)
-        if line is not None:
-            story.append(line)
+        events.append(event)
 
 
-def _summary(job: Job, elapsed: float, results: list[Result], *, results_path: Path, count: int,
-             db_path: Path) -> None:
-    c = job.counts
+def _story(job: Job, events: list[AnyEvent], results: list[Result], report: CostReport, elapsed: float) -> list[str]:
+    """What happened, told from the events and the results instead of one line per batch and event."""
+    first = [e for e in events if isinstance(e, BatchCreated) and e.attempt == 1]
+    expired = sum(1 for e in events if isinstance(e, BatchStatusChanged) and e.status.value == "expired")
+    resubmitted = sum(e.count for e in events if isinstance(e, RequestsResubmitted))
     attempts = Counter(r.attempt for r in results)
     failures = Counter(r.error.code for r in results if not r.ok and r.error is not None)
-    print(f"\njob {job.id} {job.status.value} in {elapsed:.1f}s")
-    print(f"  requests: {c.total} total, {c.completed} succeeded, {c.failed} failed, {c.cancelled} cancelled")
-    print("  attempts per request: " + ", ".join(f"{n} needed {a}" for a, n in sorted(attempts.items())))
-    if failures:
-        print("  final failures (not retried: the request itself is wrong): "
-              + ", ".join(f"{n} x {code}" for code, n in failures.most_common()))
-    for result in [r for r in results if r.ok][:3]:
-        shown = result.text if result.text is not None else f"{len(result.body['data'][0]['embedding'])}-d embedding"
-        print(f"  {result.custom_id} (attempt {result.attempt}): {shown}")
-    print(f"  results ({count} lines, OpenAI batch output format): {results_path}")
-    print(f"  inspect: asyncbatch status {job.id} --db {db_path}   |   asyncbatch cost {job.id} --db {db_path}")
+    c = job.counts
+    lines = [
+        f"sent as {len(first)} provider batches (one per model and endpoint, at most 400 requests each)",
+        f"the emulator failed some requests (HTTP 500) and expired {expired} batch{'es' if expired != 1 else ''} "
+        f"half-way: {resubmitted} requests resubmitted automatically "
+        f"({', '.join(f'{n} needed {a} attempts' for a, n in sorted(attempts.items()) if a > 1) or 'none needed'})",
+        f"job {c.completed + c.failed + c.cancelled}/{c.total} {job.status.value} in {elapsed:.1f}s: "
+        f"{c.completed} succeeded, {c.failed} failed for good"
+        + (f" ({', '.join(f'{n} x {code}' for code, n in failures.most_common())}: the request itself is wrong, "
+           "so it is not retried)" if failures else ""),
+    ]
+    if report.live_cost:
+        lines.append(f"cost ${report.batch_cost:.4f} at batch prices instead of ${report.live_cost:.4f} live: "
+                     f"saved {report.savings / report.live_cost:.0%} (prices: {report.prices})")
+    return lines
+
+
+def _example(results: list[Result]) -> str:
+    result = next(r for r in results if r.ok and r.text is not None)
+    return f"{result.custom_id} (attempt {result.attempt}): {result.text}"
+
+
+def _cli() -> str:
+    """How to run ``asyncbatch`` from here: the script beside this Python (``.venv/bin/asyncbatch`` after
+    ``make demo``, which is not on PATH), else ``python -m asyncbatch``."""
+    script = Path(sys.executable).parent / "asyncbatch"
+    if not script.exists():
+        return f"{sys.executable} -m asyncbatch"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)

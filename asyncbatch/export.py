@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
+import anyio
 import msgspec
 
 from .jsonl import SpoolWriter
@@ -54,6 +59,72 @@ def output_line(result: Result, *, fmt: Format = "native") -> OutputLine:
     )
 
 
+STDOUT = "-"
+"""The output path that means standard output (``asyncbatch results -o -``)."""
+
+
+class LineWriter(Protocol):
+    async def write(self, lines: list[bytes]) -> None: ...
+
+
+class _DirectWriter:
+    """Writes into a file that must not be replaced: standard output, a FIFO, a device, a terminal."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    async def write(self, lines: list[bytes]) -> None:
+        await anyio.to_thread.run_sync(self._write, b"\n".join(lines) + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._file.flush()
+
+
+def _replaceable(path: str | os.PathLike[str]) -> Path | None:
+    """The regular file to replace atomically for ``path`` (symlinks followed, so a link keeps pointing at
+    the new file), or None when ``path`` is something to write into as it is.
+
+    Renaming over ``/dev/stdout`` (as root) replaced the system's symlink with a regular file, and over a
+    FIFO it would leave the reader waiting forever. A path that leads to an open descriptor (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``) is written into even when the shell opened a file there: replacing
+    that file would undo a ``>>``.
+    """
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own bound on symlink hops
+        if current.startswith(("/proc/", "/dev/fd/")):
+            return None
+        try:
+            current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+        except OSError:  # not a symlink (or missing): the end of the chain
+            break
+    real = Path(os.path.realpath(current))
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    return real if stat.S_ISREG(mode) else None
+
+
+@asynccontextmanager
+async def open_output(path: str | os.PathLike[str]) -> AsyncIterator[LineWriter]:
+    """A writer of JSONL lines to ``path``: ``"-"`` is standard output; a regular file (or a new one) is
+    written owner-only beside itself and renamed into place when complete (a crash leaves no half file);
+    anything else (a FIFO, a device, ``/dev/stdout``) is opened and written into, never replaced."""
+    if os.fspath(path) == STDOUT:
+        yield _DirectWriter(sys.stdout.buffer)
+        return
+    target = _replaceable(path)
+    if target is not None:
+        async with SpoolWriter(target) as spool:
+            yield spool
+        return
+    # O_APPEND: through /dev/stdout a shell's `>> log` stays an append; a FIFO's open blocks until a reader comes
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_APPEND)
+    with os.fdopen(fd, "wb") as file:
+        yield _DirectWriter(file)
+
+
 async def write_results(
     manager: BatchManager,
     job_id: str,
@@ -62,7 +133,8 @@ async def write_results(
     fmt: Format = "native",
     all_attempts: bool = False,
 ) -> int:
-    """Write the job's results to ``path`` (atomically, streamed); returns the number of lines.
+    """Write the job's results to ``path`` (streamed; see :func:`open_output`: ``"-"`` is standard output, a
+    regular file is replaced atomically); returns the number of lines.
 
     Bodies are spliced in as stored (no decode and re-encode) unless they are translated (Anthropic
     messages as OpenAI chat completions).
@@ -70,7 +142,7 @@ async def write_results(
     encoder = msgspec.json.Encoder()
     count = 0
     translate = fmt == "openai" and (await manager.status(job_id)).provider == "anthropic"
-    async with SpoolWriter(Path(path)) as writer:
+    async with open_output(path) as writer:
         chunk: list[bytes] = []
         async for result in manager.results(job_id, all_attempts=all_attempts, raw_bodies=not translate):
             chunk.append(encoder.encode(output_line(result, fmt=fmt)))

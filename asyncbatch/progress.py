@@ -1,27 +1,36 @@
-"""Live progress of jobs for people: a terminal block redrawn in place, a cell updated in Jupyter, or nothing.
+"""Live progress of jobs for people, drawn with rich: a terminal block redrawn in place, a cell updated in
+Jupyter, or nothing.
 
 Progress is read from the store, never from the engine's memory, so the same display serves ``asyncbatch
 run`` (the job runs here), ``asyncbatch watch`` (it runs in another process) and a notebook whose kernel
-was restarted. When output is not a terminal or a notebook (a log file, CI), ``auto_display`` returns None
+was restarted; the ETA is computed from the store too (:func:`estimate_eta`), so every viewer shows the same
+one at the same moment. Each job is one line cut to the width (a wrapped line leaves a copy behind at every
+redraw). When output is neither a terminal nor a notebook (a log file, CI), ``auto_display`` returns None
 and callers stay quiet.
 """
 
 from __future__ import annotations
 
-import html as html_text
+import io
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
 import anyio
 import msgspec
+from rich.console import Console, Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Column, Table
+from rich.text import Text
 
 from .model import Job, RequestCounts, Shard
 from .store import Store
 
-_RATE_WINDOW = 120.0  # seconds of history behind the ETA: recent enough to follow the provider's pace
+BAR_WIDTH = 24
+NOTEBOOK_WIDTH = 120  # characters of a notebook line (rich's own Jupyter default is 115)
+UNCUT_WIDTH = 1000  # not a terminal: nothing is redrawn, so nothing needs cutting
 
 
 class JobProgress(msgspec.Struct, kw_only=True):
@@ -39,23 +48,27 @@ class JobProgress(msgspec.Struct, kw_only=True):
         c = self.counts
         return c.completed + c.failed + c.cancelled
 
-    def line(self, bar: int = 24) -> str:
-        """One line of text: a ``bar`` characters wide bar (0: none), done / total, outcomes, what is still
-        moving, provider batches by status, attempt, ETA."""
+    def details(self) -> list[str]:
+        """What follows the bar, most telling first (a line cut to the width loses the end): done / total,
+        ETA, outcomes, what is still moving, provider batches by status, attempt."""
         c = self.counts
-        filled = round(bar * self.done / c.total) if c.total else bar
-        drawn = f" [{'#' * filled}{'.' * (bar - filled)}]" if bar else ""
         batches = ", ".join(f"{n} {status}" for status, n in sorted(self.batches.items())) or "none yet"
-        parts = [
-            f"{self.job_id} {self.status:<9}{drawn} {self.done}/{c.total}",
+        parts = [f"{self.done}/{c.total}"]
+        if self.eta is not None:
+            parts.append(f"ETA {_duration(self.eta)}")
+        parts += [
             f"{c.completed} ok, {c.failed} failed" + (f", {c.cancelled} cancelled" if c.cancelled else ""),
             f"{c.in_flight} in flight, {c.pending} waiting",
             f"batches: {batches}",
             f"attempt {self.attempt}",
         ]
-        if self.eta is not None:
-            parts.append(f"ETA {_duration(self.eta)}")
-        return " | ".join(parts)
+        return parts
+
+    def line(self, bar: int = BAR_WIDTH) -> str:
+        """The job as one line of plain text, with a ``bar`` characters wide bar of ``#`` (0: none)."""
+        filled = round(bar * self.done / self.counts.total) if self.counts.total else bar
+        drawn = f" [{'#' * filled}{'.' * (bar - filled)}]" if bar else ""
+        return f"{self.job_id} {self.status:<9}{drawn} " + " | ".join(self.details())
 
 
 def _duration(seconds: float) -> str:
@@ -64,30 +77,59 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class ProgressTracker:
-    """Turns successive (job, shards) snapshots into ``JobProgress``, estimating the ETA from the recent rate."""
+def estimate_eta(job: Job, shards: Sequence[Shard], now: float) -> float | None:
+    """Seconds until the job ends, from the store alone: requests still to finish at the rate of those
+    finished since the first provider batch was created (the job's creation when none was yet).
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Every viewer (``run``, ``watch``, a notebook) computes the same value at the same moment, whenever it
+    started watching. None while nothing has finished (batch results come in jumps: no rate to tell yet);
+    0 once the job has ended.
+    """
+    c = job.counts
+    done = c.completed + c.failed + c.cancelled
+    if job.status.is_terminal or done >= c.total:
+        return 0.0
+    started = min((s.creating_at for s in shards if s.creating_at is not None), default=job.created_at)
+    elapsed = now - started
+    if done == 0 or elapsed <= 0:
+        return None
+    return (c.total - done) * elapsed / done
+
+
+class ProgressTracker:
+    """Turns (job, shards) snapshots from the store into ``JobProgress``; ``clock`` is the wall clock the
+    store's timestamps are on."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._samples: dict[str, deque[tuple[float, int]]] = {}
 
     def update(self, job: Job, shards: Sequence[Shard]) -> JobProgress:
         batches = Counter(s.batch_status.value if s.batch_status else s.phase.value for s in shards)
         status = "cancelling" if job.cancel_requested and not job.status.is_terminal else job.status.value
-        progress = JobProgress(job_id=job.id, status=status, counts=job.counts, batches=dict(batches),
-                               attempt=max((s.attempt for s in shards), default=0))
-        now = self._clock()
-        samples = self._samples.setdefault(job.id, deque())
-        samples.append((now, progress.done))
-        while len(samples) > 2 and now - samples[0][0] > _RATE_WINDOW:
-            samples.popleft()
-        (t0, done0), (t1, done1) = samples[0], samples[-1]
-        remaining = job.counts.total - progress.done
-        if job.status.is_terminal or remaining == 0:
-            progress.eta = 0.0
-        elif done1 > done0 and t1 > t0:
-            progress.eta = remaining / ((done1 - done0) / (t1 - t0))
-        return progress
+        return JobProgress(job_id=job.id, status=status, counts=job.counts, batches=dict(batches),
+                           attempt=max((s.attempt for s in shards), default=0),
+                           eta=estimate_eta(job, shards, self._clock()))
+
+
+def render(jobs: Sequence[JobProgress], width: int) -> RenderableType:
+    """The jobs as rich renders them, one line each of at most ``width`` cells: id and status whole, a bar
+    that narrows on small terminals, then the details cut with an ellipsis where the width ends."""
+    head = max((len(job.job_id) for job in jobs), default=0) + 10  # the id, a space, the status padded to 9
+    bar = max(6, min(BAR_WIDTH, (width - 60) // 3))
+    table = Table.grid(
+        Column(no_wrap=True, overflow="ellipsis", max_width=max(1, width - 2)),
+        Column(no_wrap=True, width=bar),
+        Column(no_wrap=True, overflow="ellipsis", max_width=max(1, width - head - bar - 2)),
+        padding=(0, 1),
+    )
+    for job in jobs:
+        finished = job.status in ("done", "cancelled")
+        table.add_row(
+            Text.assemble((job.job_id, "bold"), " ", (f"{job.status:<9}", "green" if finished else "cyan")),
+            ProgressBar(total=max(job.counts.total, 1), completed=job.done if job.counts.total else 1, width=bar),
+            Text(" | ".join(job.details())),
+        )
+    return table
 
 
 class Display(Protocol):
@@ -96,24 +138,33 @@ class Display(Protocol):
 
 
 class TerminalDisplay:
-    """Redraws a block of lines in place with ANSI cursor moves (one line per job)."""
+    """A block of one line per job redrawn in place on ``stream`` (rich's Live): each redraw measures the
+    terminal again, so a resized window gets lines cut to its new width. On a stream that is not a
+    terminal only the final state is written, once, when the display closes."""
 
     def __init__(self, stream: TextIO) -> None:
+        from rich.live import Live
+
         self.stream = stream
-        self._drawn = 0
+        self._console = Console(file=stream, force_jupyter=False, width=None if stream.isatty() else UNCUT_WIDTH)
+        self._live = Live(console=self._console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+        self._started = False
 
     def show(self, jobs: Sequence[JobProgress]) -> None:
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self.stream.write(up + "".join(f"\x1b[2K{job.line()}\n" for job in jobs) + "\x1b[J")
-        self.stream.flush()
-        self._drawn = len(jobs)
+        if not self._started:
+            self._live.start()
+            self._started = True
+        self._live.update(render(jobs, self._console.width), refresh=True)
 
     def close(self) -> None:
-        self._drawn = 0
+        if self._started:
+            self._live.stop()
+            self._started = False
 
 
 class NotebookDisplay:
-    """One output area in a Jupyter cell, updated in place (IPython's ``display(..., display_id=True)``)."""
+    """One output area in a Jupyter cell updated in place (IPython's ``display(..., display_id=True)``),
+    holding the same rich rendering as a terminal, as HTML."""
 
     def __init__(self, display: Callable[..., Any] | None = None, html: Callable[[str], Any] | None = None) -> None:
         """``display`` and ``html`` default to IPython's ``display`` and ``HTML``."""
@@ -126,12 +177,16 @@ class NotebookDisplay:
         self._handle: Any = None
 
     def render(self, jobs: Sequence[JobProgress]) -> str:
-        rows = "".join(
-            f"<div><progress value='{job.done}' max='{max(job.counts.total, 1)}' style='width:12em'></progress> "
-            f"<code>{html_text.escape(job.line(bar=0))}</code></div>"
-            for job in jobs
+        """The HTML of the jobs' lines (rich's rendering with inline styles, in a ``<pre>``)."""
+        console = Console(file=io.StringIO(), record=True, width=NOTEBOOK_WIDTH, force_jupyter=False,
+                          force_terminal=True, color_system="truecolor")
+        console.print(Group(render(jobs, NOTEBOOK_WIDTH)))
+        return console.export_html(
+            inline_styles=True,
+            code_format="<pre class='asyncbatch-progress' style='white-space:pre;overflow-x:auto;"
+                        "line-height:normal;font-family:Menlo,\"DejaVu Sans Mono\",consolas,monospace'>"
+                        "{code}</pre>",
         )
-        return f"<div class='asyncbatch-progress'>{rows}</div>"
 
     def show(self, jobs: Sequence[JobProgress]) -> None:
         content = self._html(self.render(jobs))
@@ -169,18 +224,21 @@ async def follow(
 ) -> list[JobProgress]:
     """Show the jobs' progress every ``interval`` seconds until they all end (or ``stop`` is set).
 
-    Returns the last snapshot; the display is drawn once more at the end so it shows the final state.
+    Returns the last snapshot; the display is drawn once more at the end so it shows the final state, and
+    closed however ``follow`` ends.
     """
     tracker = ProgressTracker()
-    while True:
-        jobs = [tracker.update(job, await store.job_shards(job.id))
-                for job in [await store.get_job(job_id) for job_id in job_ids]]
-        display.show(jobs)
-        if all(job.status in ("done", "cancelled") for job in jobs) or (stop is not None and stop.is_set()):
-            display.close()
-            return jobs
-        with anyio.move_on_after(interval):
-            if stop is not None:
-                await stop.wait()
-            else:
-                await anyio.sleep_forever()
+    try:
+        while True:
+            jobs = [tracker.update(job, await store.job_shards(job.id))
+                    for job in [await store.get_job(job_id) for job_id in job_ids]]
+            display.show(jobs)
+            if all(job.status in ("done", "cancelled") for job in jobs) or (stop is not None and stop.is_set()):
+                return jobs
+            with anyio.move_on_after(interval):
+                if stop is not None:
+                    await stop.wait()
+                else:
+                    await anyio.sleep_forever()
+    finally:  # also when cancelled (Ctrl-C): the terminal gets its cursor back below the last drawing
+        display.close()

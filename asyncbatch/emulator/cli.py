@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import EmulatorConfig
+    from .server import Emulator
 
 # option name -> EmulatorConfig field, for the knobs offered on the command line
 _KNOBS: dict[str, tuple[str, type, str]] = {
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with run_emulator(config, host=args.host, port=args.port, data_dir=args.data_dir) as emu:
                 print(emu.url, flush=True)
+                print(exports(emu, any_key=config.api_keys is None), flush=True)
                 async for _ in signals:
                     return
 
@@ -91,6 +93,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"asyncbatch emulator: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def exports(emu: Emulator, *, any_key: bool) -> str:
+    """The shell lines that point the SDKs and asyncbatch at the emulator (the first line of output is its
+    bare address, without the ``/v1`` the OpenAI clients need)."""
+    lines = [f"export OPENAI_BASE_URL={emu.openai_base_url} ANTHROPIC_BASE_URL={emu.anthropic_base_url}"]
+    if any_key:
+        lines.append("export OPENAI_API_KEY=sk-emulator ANTHROPIC_API_KEY=sk-emulator  # any non-empty key works")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

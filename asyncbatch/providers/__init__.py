@@ -2,7 +2,8 @@
 
 ``create_provider(name, ...)`` builds one by name, which is how a job found in the store gets its provider
 back after a restart (the store records the name and base URL, never the key: that comes from the
-environment). Adapters are imported lazily to keep the command line fast.
+provider's own environment variable, never another provider's). Adapters are imported lazily to keep the
+command line fast.
 """
 
 from __future__ import annotations
@@ -31,18 +32,15 @@ class _Entry(NamedTuple):
     module: str
     cls: str
     defaults: dict[str, Any]
-    base_url: str | None = None  # default base URL (before the environment is asked)
-    key_env: str | None = None  # environment variable of the key, where it is not the class's own
 
 
 _REGISTRY: dict[str, _Entry] = {
     "openai": _Entry("asyncbatch.providers.openai", "OpenAIProvider", {}),
     "azure": _Entry("asyncbatch.providers.openai", "AzureOpenAIProvider", {}),
     "anthropic": _Entry("asyncbatch.providers.anthropic", "AnthropicProvider", {}),
-    "groq": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _GROQ, "https://api.groq.com/openai/v1",
-                   "GROQ_API_KEY"),
-    "together": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _TOGETHER, "https://api.together.xyz/v1",
-                       "TOGETHER_API_KEY"),
+    # OpenAI-protocol hosts: their key and base-URL variables are the class's HOSTS entry for their name
+    "groq": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _GROQ),
+    "together": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _TOGETHER),
 }
 
 PROVIDER_NAMES = tuple(_REGISTRY)
@@ -51,8 +49,8 @@ PROVIDER_NAMES = tuple(_REGISTRY)
 def create_provider(
     name: str, *, base_url: str | None = None, api_key: str | None = None, key_env: str | None = None, **options: Any
 ) -> Provider:
-    """A provider by name; the key comes from ``api_key``, else the variable ``key_env``, else the provider's usual
-    environment variable."""
+    """A provider by name; the key comes from ``api_key``, else the variable ``key_env`` when one is named (the
+    job recorded it), else that provider's own environment variable, never another provider's."""
     try:
         entry = _REGISTRY[name]
     except KeyError:
@@ -60,13 +58,11 @@ def create_provider(
                                    field="provider") from None
     if key_env is not None:
         api_key = api_key or os.environ.get(key_env)
-    elif entry.key_env is not None:
-        api_key = api_key or os.environ.get(entry.key_env)
     merged = {**entry.defaults, **options}
     if isinstance(merged.get("limits"), dict):  # as recorded with a job
         merged["limits"] = ShardLimits(**merged["limits"])
     cls = getattr(importlib.import_module(entry.module), entry.cls)
-    provider: Provider = cls(api_key=api_key, base_url=base_url or entry.base_url, **merged)
+    provider: Provider = cls(api_key=api_key, base_url=base_url, **merged)
     if key_env is not None:
         provider.api_key_env = key_env  # what a missing-key error names
     return provider

@@ -13,7 +13,7 @@ import datetime as dt
 import os
 from collections.abc import AsyncGenerator, Collection, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -28,6 +28,7 @@ from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 
 __all__ = [
     "AZURE_ENDPOINTS",
+    "HOSTS",
     "OPENAI_ENDPOINTS",
     "TOKEN_KEY",
     "AzureOpenAIProvider",
@@ -60,6 +61,25 @@ MODEL_REQUIRED = frozenset(
 )
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class HostEnv(NamedTuple):
+    """Where a host's key and base URL come from when they are not passed."""
+
+    key: str | None  # the variable of the API key
+    base_url: str | None  # the variable of the base URL
+    default_url: str | None  # the public API
+
+
+#: The hosts this class knows by ``name``. Each reads its own variables and no other: Groq never gets
+#: ``OPENAI_API_KEY`` (nor ``OPENAI_BASE_URL``), and a host of another name gets no key from the environment.
+#: The base-URL variables are the ones the vendors' own SDKs read (``GROQ_BASE_URL``, ``TOGETHER_BASE_URL``).
+HOSTS: dict[str, HostEnv] = {
+    "openai": HostEnv("OPENAI_API_KEY", "OPENAI_BASE_URL", OPENAI_BASE_URL),
+    "groq": HostEnv("GROQ_API_KEY", "GROQ_BASE_URL", "https://api.groq.com/openai/v1"),
+    "together": HostEnv("TOGETHER_API_KEY", "TOGETHER_BASE_URL", "https://api.together.xyz/v1"),
+}
+_NO_ENV = HostEnv(None, None, None)
 #: The metadata key that carries the shard's client token, so that a lost create can be found again.
 TOKEN_KEY = "asyncbatch_token"
 MAX_METADATA_PAIRS = 16
@@ -221,13 +241,14 @@ class OpenAIProvider(HttpProvider):
       timestamps are understood, but it keeps no batch metadata, so :meth:`find` cannot recognise a batch
       whose create reply was lost there (the engine then creates a new one).
 
-    The API key comes from ``api_key`` or ``OPENAI_API_KEY``; a missing key is reported at the first network
+    The API key comes from ``api_key`` or the host's own variable (``OPENAI_API_KEY``, ``GROQ_API_KEY``,
+    ``TOGETHER_API_KEY``: see :data:`HOSTS`), the base URL from ``base_url``, the host's variable, else its
+    public API. A host of any other ``name`` needs both passed. A missing key is reported at the first network
     call, so a provider can be built (e.g. to show a job's status) without one. The key lives only in the
     HTTP client's headers and redaction list, never in ``repr``.
     """
 
     name: str = "openai"
-    api_key_env = "OPENAI_API_KEY"
     default_limits = ShardLimits(max_requests=50_000, max_bytes=200 * _MB - BYTES_MARGIN)
     #: OpenAI does not document eventual consistency; a short grace costs little where it is not needed.
     visibility_grace: float = 30.0
@@ -248,12 +269,16 @@ class OpenAIProvider(HttpProvider):
         name: str | None = None,
         file_purpose: str = "batch",
     ) -> None:
-        super().__init__(
-            base_url=(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/"),
-            api_key=api_key or os.environ.get(self.api_key_env), retry=retry, max_connections=max_connections,
-            timeout=timeout,
-        )
         self.name = name or type(self).name
+        env = self._environment()
+        base_url = base_url or (os.environ.get(env.base_url) if env.base_url else None) or env.default_url
+        if not base_url:
+            raise ValidationError(f"pass base_url= for the host {self.name!r}", field="base_url")
+        self.api_key_env = env.key or ""
+        super().__init__(
+            base_url=base_url.rstrip("/"), api_key=api_key or (os.environ.get(env.key) if env.key else None),
+            retry=retry, max_connections=max_connections, timeout=timeout,
+        )
         self.limits = limits or self.default_limits
         self.completion_windows = frozenset(completion_windows)
         self.endpoints = frozenset(endpoints)
@@ -345,7 +370,12 @@ class OpenAIProvider(HttpProvider):
 
     # --- network -----------------------------------------------------------------------------------------
 
+    def _environment(self) -> HostEnv:
+        return HOSTS.get(self.name, _NO_ENV)
+
     def _missing_key(self) -> str:
+        if not self.api_key_env:
+            return f"no API key for {self.name}: pass api_key="
         return f"no API key for {self.name}: pass api_key= or set {self.api_key_env}"
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
@@ -545,7 +575,6 @@ class AzureOpenAIProvider(OpenAIProvider):
     """
 
     name = "azure"
-    api_key_env = "AZURE_OPENAI_API_KEY"
     default_limits = ShardLimits(max_requests=100_000, max_bytes=200 * _MB - BYTES_MARGIN)
 
     def __init__(
@@ -584,6 +613,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         if self.api_version:
             options["api_version"] = self.api_version
         return options
+
+    def _environment(self) -> HostEnv:
+        """Azure's key variable whatever ``name`` says; the base URL was settled from ``AZURE_OPENAI_ENDPOINT``."""
+        return HostEnv("AZURE_OPENAI_API_KEY", None, None)
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"api-key": api_key}

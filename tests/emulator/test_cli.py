@@ -66,3 +66,17 @@ def test_import_is_light_and_help_works() -> None:
     shown = subprocess.run([*ENTRY, "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--config", "--data-dir", "--complete-after", "--fail-rate", "--api-key", "--expire-batch"):
         assert option in shown
+
+
+async def test_prints_the_variables_to_export() -> None:
+    """The bare address is not what the OpenAI clients want (they need /v1): the exact lines are printed."""
+    process, url = await start()
+    try:
+        assert process.stdout is not None
+        exports = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode().strip()
+        keys = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+    assert exports == f"export OPENAI_BASE_URL={url}/v1 ANTHROPIC_BASE_URL={url}"
+    assert keys.startswith("export OPENAI_API_KEY=") and "ANTHROPIC_API_KEY=" in keys

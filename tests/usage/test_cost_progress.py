@@ -128,7 +128,32 @@ def test_eta_follows_the_recent_rate() -> None:
     assert "[#.........] 100/1000" in line and "ETA 1:30" in line and "900 in flight" in line
 
 
-def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> None:
+def test_eta_is_the_same_for_every_viewer_whenever_it_started() -> None:
+    """`run` and `watch` disagreed (0:01 against 7:59 at the same moment): each estimated from what it had
+    sampled itself. Now the ETA comes from the store: the first batch's creation and the counts."""
+    from asyncbatch.model import Job, RequestCounts, Shard, ShardPhase
+    from asyncbatch.progress import estimate_eta
+
+    def job(done: int) -> Job:
+        return Job(id="j", provider="openai", base_url=None, endpoint="*", completion_window="24h", max_attempts=3,
+                   metadata={}, status=JobStatus.RUNNING, created_at=0, updated_at=0,
+                   counts=RequestCounts(total=1000, completed=done, in_flight=1000 - done))
+
+    shards = [Shard(id=i, job_id="j", attempt=1, token="t", phase=ShardPhase.SUBMITTED, endpoint="/v1/embeddings",
+                    model=None, request_count=500, bytes=1, creating_at=at) for i, at in ((1, 120.0), (2, 100.0))]
+    clock = [100.0]
+    early = ProgressTracker(clock=lambda: clock[0])  # `run`: watching since the start
+    assert early.update(job(0), shards).eta is None  # nothing finished: no rate yet
+    clock[0] = 150.0
+    early.update(job(10), shards)
+    clock[0] = 160.0
+    late = ProgressTracker(clock=lambda: clock[0])  # `watch`, started just now
+    assert early.update(job(400), shards).eta == late.update(job(400), shards).eta == 90.0  # 600 left at 400/60s
+    assert estimate_eta(job(400), shards, 160.0) == 90.0
+    assert estimate_eta(job(1000), shards, 160.0) == 0.0
+
+
+def test_terminal_display_writes_once_off_a_terminal_and_notebook_updates_one_output() -> None:
     from asyncbatch.model import RequestCounts
     from asyncbatch.progress import JobProgress
 
@@ -136,11 +161,14 @@ def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> 
                         attempt=1)
     last = JobProgress(job_id="j", status="done", counts=RequestCounts(total=4, completed=4),
                        batches={"completed": 1}, attempt=1, eta=0.0)
-    out = io.StringIO()
+    out = io.StringIO()  # not a terminal: nothing is redrawn, the final state is written once at close
     terminal = TerminalDisplay(out)
     terminal.show([first])
     terminal.show([last])
-    assert out.getvalue().count("\x1b[1F") == 1 and "4/4" in out.getvalue() and "1 completed" in out.getvalue()
+    assert out.getvalue() == ""
+    terminal.close()
+    (line,) = out.getvalue().splitlines()
+    assert "4/4" in line and "1 completed" in line and "\x1b[" not in line
 
     calls: list[tuple[str, Any]] = []
 
@@ -156,7 +184,7 @@ def test_terminal_display_redraws_in_place_and_notebook_updates_one_output() -> 
     notebook.show([first])
     notebook.show([last])
     assert [kind for kind, _ in calls] == ["display", "update"]
-    assert "<progress value='4' max='4'" in calls[1][1]
+    assert "1/4" in calls[0][1] and "4/4" in calls[1][1] and "class='asyncbatch-progress'" in calls[1][1]
     assert auto_display(io.StringIO()) is None  # not a terminal, not a notebook: quiet
 
 
@@ -248,3 +276,47 @@ async def test_a_killed_ingestion_worker_processes_every_result_once_after_resta
     assert kills >= 1 and sorted(seen) == [f"r{i:03d}" for i in range(300)] and unconsumed == 0
     # a result is delivered again only if the kill fell between the sink's commit and the acknowledgement
     assert sum(times - 1 for times in seen.values()) <= 7 * kills
+
+
+def test_amounts_are_exact_to_the_prices_precision_without_decimal_noise() -> None:
+    """Pricing a group at its mean usage divides by its size: 1001.33... tokens left noise in the 28th digit."""
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    usages = [(1000, 7), (1001, 9), (1003, 11)]
+    report = price_results("job", "openai", [billed(f"r{i}", "gpt-4o-mini", *u) for i, u in enumerate(usages)],
+                           when=NOW)
+    exact = sum(calc_price(PriceUsage(input_tokens=i, output_tokens=o), "gpt-4o-mini", provider_id="openai",
+                           genai_request_timestamp=NOW).total_price for i, o in usages)
+    (model,) = report.models
+    assert model.live_cost is not None and str(model.live_cost) == str(exact.quantize(model.live_cost))
+    assert model.live_cost == exact and report.live_cost == exact
+    assert -int(model.live_cost.as_tuple().exponent) <= 9  # its cheapest price, $0.075 per MTok: 9 places
+    assert "0000000" not in report.summary() and "0000000" not in str(report.batch_cost)
+
+
+def test_unknown_models_names_what_the_price_data_does_not_know() -> None:
+    from asyncbatch.cost import unknown_models
+
+    pairs = [("openai", "gpt-4o-minni"), ("openai", "gpt-4o-mini"), ("openai", "gpt-4o-minni"),
+             ("anthropic", "claude-sonnet-4-5"), ("groq", "my-finetune-7b"), ("myhost", "gpt-4o")]
+    assert unknown_models(pairs) == [("openai", "gpt-4o-minni"), ("groq", "my-finetune-7b")]
+
+
+async def test_submit_warns_once_per_model_the_price_data_does_not_know(tmp_path: Path) -> None:
+    from tests.engine.test_crash import cli
+    from tests.helpers import write_jsonl
+
+    lines = [chat_line(f"r{i}", model="gpt-4o-minni") for i in range(3)] + [chat_line("ok", model="gpt-4o-mini")]
+    code, out, err = await cli("submit", str(write_jsonl(tmp_path / "in.jsonl", lines)), "--db",
+                               str(tmp_path / "jobs.db"))
+    assert code == 0 and out.startswith("job_")
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'gpt-4o-minni'" in warnings[0] and "unknown to the price data" in warnings[0]
+
+
+def test_configure_is_exported() -> None:
+    import asyncbatch
+    from asyncbatch import configure
+
+    assert configure is asyncbatch.litellm.configure and "configure" in asyncbatch.__all__
