@@ -38,6 +38,8 @@ _REGISTRY: dict[str, _Entry] = {
     "openai": _Entry("asyncbatch.providers.openai", "OpenAIProvider", {}),
     "azure": _Entry("asyncbatch.providers.openai", "AzureOpenAIProvider", {}),
     "anthropic": _Entry("asyncbatch.providers.anthropic", "AnthropicProvider", {}),
+    "gemini": _Entry("asyncbatch.providers.gemini", "GeminiProvider", {}),
+    "mistral": _Entry("asyncbatch.providers.mistral", "MistralProvider", {}),
     "groq": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _GROQ, "https://api.groq.com/openai/v1",
                    "GROQ_API_KEY"),
     "together": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _TOGETHER, "https://api.together.xyz/v1",

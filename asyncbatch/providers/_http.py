@@ -1,8 +1,13 @@
-"""What every HTTP provider shares: a lazily built ``HttpClient`` holding the key, and its closing."""
+"""What every HTTP provider shares: a lazily built ``HttpClient`` holding the key, its closing, and create
+bodies streamed from a spool file."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Self
+
+import anyio
 
 from ..errors import AuthenticationError
 from ..http import HttpClient, RetryPolicy
@@ -54,3 +59,24 @@ class HttpProvider:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+#: Bytes per block read from the spool file while streaming a create body.
+BODY_BLOCK = 1 << 20
+
+
+async def spooled_array(spool: Path, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
+    """``head``, the spool file's lines as the items of a JSON array, then ``tail``: a block of bytes at a time.
+
+    The spool holds one JSON object per line (compact JSON has no raw newline) and ends with a newline, so
+    turning every newline but that last one into a comma makes the array: no line is split out or joined.
+    ``head`` ends with the array's ``[``, ``tail`` starts with its ``]``.
+    """
+    yield head
+    held = b""  # the last byte read so far: the final newline must not become a comma
+    async with await anyio.open_file(spool, "rb") as source:
+        while block := await source.read(BODY_BLOCK):
+            data = held + block
+            held = data[-1:]
+            yield data[:-1].replace(b"\n", b",")
+    yield held.rstrip(b"\n") + tail
