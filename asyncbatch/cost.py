@@ -32,6 +32,8 @@ BATCH_DISCOUNT = Decimal("0.5")
 for models for which genai-prices has no batch price of its own."""
 
 _BATCH_CONTEXT = {"processing": "batch"}
+#: Our provider names that genai-prices spells otherwise (it lists Gemini models under Google).
+PRICE_PROVIDERS = {"gemini": "google"}
 
 
 class ModelCost(msgspec.Struct, kw_only=True):
@@ -126,6 +128,7 @@ class _ModelPrices:
         from genai_prices.types import TieredPrices
 
         snapshot = data_snapshot.get_snapshot()
+        provider = PRICE_PROVIDERS.get(provider, provider)
         self.provider_id: str | None = provider
         try:
             _, info = snapshot.find_provider_model(model, None, provider, None)

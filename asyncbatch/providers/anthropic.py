@@ -161,6 +161,8 @@ class AnthropicProvider(HttpProvider):
     name = "anthropic"
     #: A batch may answer 404 for a short while after its create (Anthropic's eventual consistency).
     visibility_grace: float = 60.0
+    #: Seconds results stay downloadable: 29 days after the batch was created (less once it has run a while).
+    results_retention: float = 29 * 86400.0
 
     def __init__(
         self,
