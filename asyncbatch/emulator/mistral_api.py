@@ -64,6 +64,7 @@ class MistralFile(msgspec.Struct, kw_only=True):
     signature: str | None = None
     expires_at: int | None = None
     visibility: str | None = "workspace"
+    deleted: bool = False  # GetFileResponse has it (required)
 
 
 class ParsedRequest(msgspec.Struct):
