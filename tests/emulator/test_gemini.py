@@ -76,7 +76,8 @@ async def test_file_batch_lifecycle(emu: Emulator, client: Any) -> None:
 
     generated = await client.files.get(name=done.dest.file_name)
     assert generated.source == types.FileSource.GENERATED and generated.download_uri
-    results = {r["key"]: r for r in map(json.loads, (await client.files.download(file=done.dest.file_name)).splitlines())}
+    downloaded = await client.files.download(file=done.dest.file_name)
+    results = {r["key"]: r for r in map(json.loads, downloaded.splitlines())}
     assert set(results) == {"a", "b", "c", "d"}
     answer = types.GenerateContentResponse.model_validate(results["a"]["response"])
     assert answer.text and answer.usage_metadata is not None and answer.usage_metadata.prompt_token_count
@@ -138,7 +139,8 @@ async def test_expired_batch(emu: Emulator, client: Any) -> None:
     job = await client.batches.create(model=MODEL, src=uploaded.name, config={"display_name": "expiring"})
     ended = await client.batches.get(name=job.name)
     assert ended.state == types.JobState.JOB_STATE_EXPIRED
-    assert [json.loads(x)["key"] for x in (await client.files.download(file=ended.dest.file_name)).splitlines()] == ["a"]
+    downloaded = await client.files.download(file=ended.dest.file_name)
+    assert [json.loads(x)["key"] for x in downloaded.splitlines()] == ["a"]
 
 
 async def test_embeddings_batch(client: Any) -> None:
