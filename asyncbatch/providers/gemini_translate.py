@@ -20,8 +20,8 @@ before anything is stored, naming the field. The rules:
   ``responseSchema``. We chose ``responseSchema`` (the OpenAPI subset) over ``responseJsonSchema``: the latter
   is reported to give degenerate JSON on ``batchGenerateContent``. JSON Schemas are converted: type names in
   capitals, ``["t", "null"]`` -> ``type`` + ``nullable``, ``additionalProperties: false`` and ``strict``
-  dropped (Gemini emits only declared properties), any keyword Gemini's Schema lacks (``$ref``, ``oneOf``...)
-  refused with its path.
+  dropped (Gemini emits only declared properties), ``propertyOrdering`` added in the schema's order (as the SDK
+  does), any keyword Gemini's Schema lacks (``$ref``, ``oneOf``...) refused with its path.
 * ``temperature`` (0-2), ``top_p``, ``stop`` -> ``stopSequences``, ``max_completion_tokens`` (else
   ``max_tokens``) -> ``maxOutputTokens``, ``n`` -> ``candidateCount``, ``seed``, ``presence_penalty``,
   ``frequency_penalty`` go into ``generationConfig``.
@@ -364,6 +364,9 @@ def gemini_schema(node: Any, at: str) -> dict[str, Any]:
             out[key] = value
         else:
             raise UnsupportedFeatureError(f"the JSON Schema keyword {key!r} has no Gemini equivalent", field=where)
+    properties = out.get("properties")
+    if properties and len(properties) > 1 and "propertyOrdering" not in out:
+        out["propertyOrdering"] = list(properties)  # the schema's order, as the SDK asks for it
     return out
 
 
@@ -395,7 +398,7 @@ def translate_embedding(body: Mapping[str, Any] | bytes) -> EmbedContentRequest:
                                       field="body.input")
     if parsed.encoding_format not in (None, "float"):
         raise UnsupportedFeatureError("Gemini returns float embeddings only", field="body.encoding_format")
-    return EmbedContentRequest(content=Content(parts=[Part(text=inputs[0])]),
+    return EmbedContentRequest(content=Content(parts=[Part(text=inputs[0])], role="user"),
                                output_dimensionality=_given(parsed.dimensions))
 
 
