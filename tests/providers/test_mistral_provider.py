@@ -187,7 +187,8 @@ async def test_find_after_a_lost_create_reply(
     shard = write_shard(provider, spool_dir, [chat("a", "mine")])
     with pytest.raises(ConnectionFailedError):
         await provider.create(shard, await provider.upload(shard))
-    made = [b for b in emu.ledger.batches_created("mistral") if (b.metadata or {}).get("asyncbatch_token") == shard.token]
+    made = [b for b in emu.ledger.batches_created("mistral")
+            if (b.metadata or {}).get("asyncbatch_token") == shard.token]
     found = await provider.find(shard)
     assert found is not None and [found.id] == [b.id for b in made] and found.token == shard.token
     assert await provider.find(shard, exclude={found.id}) is None
