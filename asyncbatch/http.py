@@ -287,17 +287,23 @@ class _ErrorDetail(msgspec.Struct):
 
 
 class _ErrorEnvelope(msgspec.Struct):
-    error: _ErrorDetail | None = None
+    error: _ErrorDetail | str | None = None
+    message: str | None = None  # Mistral: {"object": "error", "message", "type", "code"} at the top level
+    type: str | None = None
+    code: str | int | None = None
 
 
 def _parse_error_envelope(body: bytes) -> tuple[str, str | None, str | None]:
-    """(message, code, type) from OpenAI's or Anthropic's error JSON; the raw text when it is neither."""
+    """(message, code, type) from OpenAI's, Anthropic's, Gemini's or Mistral's error JSON; the raw text when it
+    is none of them."""
     try:
         envelope = msgspec.json.decode(body, type=_ErrorEnvelope)
     except msgspec.DecodeError:
         return body[:200].decode("utf-8", "replace") or "(empty body)", None, None
     detail = envelope.error
-    if detail is None:
+    if not isinstance(detail, _ErrorDetail):
+        if envelope.message is not None:
+            return envelope.message, str(envelope.code) if envelope.code is not None else None, envelope.type
         return body[:200].decode("utf-8", "replace"), None, None
     code = str(detail.code) if detail.code is not None else None
     return detail.message, code, detail.type

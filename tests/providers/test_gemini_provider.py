@@ -262,3 +262,21 @@ async def test_failed_operation_and_unknown_state(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="unknown state"):
             await provider.retrieve("batches/w")
         assert host.seen[0].headers["x-goog-api-key"] == SECRET
+
+
+async def test_injected_faults_are_retried_and_a_cut_download_is_retryable(
+    emu: Emulator, provider: GeminiProvider, spool_dir: Path, workdir: Path
+) -> None:
+    provider.inline_max_bytes = 0
+    emu.config.faults = {
+        "gemini_upload": FaultSpec(rate_503=1.0, max_faults=1),
+        "gemini_create": FaultSpec(rate_429=1.0, retry_after=0.01, max_faults=1),
+        "gemini_read": FaultSpec(rate_500=1.0, max_faults=2),
+    }
+    shard = write_shard(provider, spool_dir, [chat("a", "hi"), chat("b", "there")])
+    ended = await until_ended(provider, await provider.create(shard, await provider.upload(shard)))
+    assert sorted(f.kind for f in emu.ledger.faults) == ["429", "500", "500", "503"]
+    emu.config.faults = {"gemini_download": FaultSpec(truncate_rate=1.0, max_faults=1)}
+    with pytest.raises(ConnectionFailedError):
+        await collect(provider, ended, workdir)
+    assert len(await collect(provider, ended, workdir)) == 2  # the engine starts over: the next try is whole

@@ -202,3 +202,28 @@ async def test_results_are_gone_after_24h(emu: Emulator, provider: MistralProvid
     emu.clock.advance(24 * 3600 + 1)
     with pytest.raises(NotFoundError):
         await collect(provider, ended, workdir)
+
+
+async def test_injected_faults_are_retried_and_a_cut_download_is_retryable(
+    emu: Emulator, provider: MistralProvider, spool_dir: Path, workdir: Path
+) -> None:
+    provider.inline_max_requests = 0
+    emu.config.faults = {
+        "mistral_upload": FaultSpec(rate_503=1.0, max_faults=1),
+        "mistral_create": FaultSpec(rate_429=1.0, retry_after=0.01, max_faults=1),
+        "mistral_read": FaultSpec(rate_500=1.0, max_faults=2),
+    }
+    shard = write_shard(provider, spool_dir, [chat("a", "hi"), chat("b", "there")])
+    ended = await until_ended(provider, await provider.create(shard, await provider.upload(shard)))
+    assert sorted(f.kind for f in emu.ledger.faults) == ["429", "500", "500", "503"]
+    emu.config.faults = {"mistral_download": FaultSpec(truncate_rate=1.0, max_faults=1)}
+    with pytest.raises(ConnectionFailedError):
+        await collect(provider, ended, workdir)
+    assert len(await collect(provider, ended, workdir)) == 2
+
+
+async def test_errors_read_mistrals_envelope(emu: Emulator, provider: MistralProvider) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await provider.retrieve("no-such-job")
+    assert "Batch job no-such-job not found." in str(caught.value) and caught.value.code == "404"
+    assert caught.value.type == "invalid_request_error"
