@@ -35,7 +35,7 @@ import msgspec
 from ..errors import ProviderError, ValidationError
 from ..http import Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
-from ._http import HttpProvider
+from ._http import BODY_BLOCK, HttpProvider
 from ._tokens import provider_horizon, token_wire_id
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 from .gemini_translate import GeminiUsage, translate_chat, translate_embedding
@@ -478,19 +478,28 @@ def _display_name(shard: ShardInfo) -> str:
 
 
 async def _inline_body(display: bytes, spool: Path) -> AsyncIterator[bytes]:
-    """``{"batch": {..., "inputConfig": {"requests": {"requests": [...]}}}}`` from the spool file, each
-    ``{"key", "request"}`` line turned into ``{"request", "metadata": {"key"}}`` (inline shards are small)."""
+    """``{"batch": {..., "inputConfig": {"requests": {"requests": [...]}}}}`` from the spool file, a block at a
+    time, each ``{"key", "request"}`` line turned into ``{"request", "metadata": {"key"}}``."""
     yield b'{"batch":{"displayName":' + display + b',"inputConfig":{"requests":{"requests":['
-    first = True
+    separator = b""
+    held = b""  # the start of a line that the block cut
     async with await anyio.open_file(spool, "rb") as source:
-        async for raw in source:
-            if not raw.strip():
-                continue
-            line = _file_line.decode(raw)
-            item = b'{"request":' + bytes(line.request) + b',"metadata":{"key":' + msgspec.json.encode(line.key)
-            yield (b"" if first else b",") + item + b"}}"
-            first = False
+        while True:
+            block = await source.read(BODY_BLOCK)
+            lines = (held + block).split(b"\n")
+            held = lines.pop() if block else b""
+            items = [_inline_item(raw) for raw in lines if raw.strip()]
+            if items:
+                yield separator + b",".join(items)
+                separator = b","
+            if not block:
+                break
     yield b"]}}}}"
+
+
+def _inline_item(raw: bytes) -> bytes:
+    line = _file_line.decode(raw)
+    return b'{"request":' + bytes(line.request) + b',"metadata":{"key":' + msgspec.json.encode(line.key) + b"}}"
 
 
 def _header(response: Response, name: str) -> str | None:

@@ -280,3 +280,25 @@ async def test_injected_faults_are_retried_and_a_cut_download_is_retryable(
     with pytest.raises(ConnectionFailedError):
         await collect(provider, ended, workdir)
     assert len(await collect(provider, ended, workdir)) == 2  # the engine starts over: the next try is whole
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])  # spool blocks end anywhere, on a newline or not
+async def test_inline_create_body_is_exact_whatever_the_blocks(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    from asyncbatch.providers import gemini as gemini_module
+
+    monkeypatch.setattr(gemini_module, "BODY_BLOCK", block)
+    operation = {"name": "batches/b", "metadata": {"state": "BATCH_STATE_PENDING"}}
+    async with stub_host({f"POST /v1/models/{MODEL}:batchGenerateContent": json_handler(operation)}) as host:
+        async with GeminiProvider(api_key=SECRET, base_url=host.url) as provider:
+            shard = write_shard(provider, spool_dir, [chat("a", "one"), chat("b", "two\nlines"), chat("c", "ü")])
+            assert await provider.upload(shard) is None
+            await provider.create(shard)
+        (seen,) = host.seen
+    body = json.loads(seen.body)
+    assert body["batch"]["displayName"] == f"asyncbatch {shard.job_id} {shard.token}"
+    items = body["batch"]["inputConfig"]["requests"]["requests"]
+    assert [i["metadata"]["key"] for i in items] == [provider.wire_id("", n, shard.token) for n in (1, 2, 3)]
+    assert [i["request"]["contents"][0]["parts"][0]["text"] for i in items] == ["one", "two\nlines", "ü"]
+    assert seen.headers["content-type"] == "application/json" and seen.headers["x-goog-api-key"] == SECRET
