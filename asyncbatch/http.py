@@ -271,8 +271,8 @@ class HttpClient:
             return RateLimitedError(text, retry_after=parse_retry_after(response.headers), **kwargs)
         if status in RETRYABLE_STATUS:
             return TransientError(text, **kwargs)
-        if status in (401, 403):
-            return AuthenticationError(text, **kwargs)
+        if status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in response.body):
+            return AuthenticationError(text, **kwargs)  # Google answers a wrong key with 400 API_KEY_INVALID
         if status == 404:
             return NotFoundError(text, **kwargs)
         if 400 <= status < 500:

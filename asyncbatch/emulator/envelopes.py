@@ -128,12 +128,17 @@ GRPC_STATUS = {
 
 
 def gemini_error(
-    status: int, message: str, *, status_name: str | None = None, headers: Mapping[str, str] | None = None,
+    status: int, message: str, *, status_name: str | None = None, reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """Google's error envelope: ``{"error": {"code": <HTTP status>, "message", "status"}}``."""
+    """Google's error envelope: ``{"error": {"code": <HTTP status>, "message", "status", "details"?}}``; a
+    ``reason`` goes in a ``google.rpc.ErrorInfo`` detail."""
     name = status_name or GRPC_STATUS.get(status, ("UNKNOWN", 2))[0]
-    return json_response({"error": {"code": status, "message": message, "status": name}}, status=status,
-                         headers=headers)
+    error: dict[str, object] = {"code": status, "message": message, "status": name}
+    if reason is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+                             "domain": "googleapis.com"}]
+    return json_response({"error": error}, status=status, headers=headers)
 
 
 def mistral_error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -145,7 +145,7 @@ class Server:
                                     "identity). Please use API Key or other form of API consumer identity to call "
                                     "this API.")
             if not self._key_ok(key):
-                return gemini_error(401, "API key not valid. Please pass a valid API key.")
+                return gemini_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
             return None
         if provider == "mistral":
             if not key or not self._key_ok(key):

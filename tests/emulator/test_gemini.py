@@ -193,6 +193,6 @@ async def test_auth(emu: Emulator) -> None:
     bad = genai.Client(api_key="wrong", http_options=types.HttpOptions(base_url=emu.gemini_base_url))
     with pytest.raises(errors.ClientError) as caught:
         await bad.aio.batches.get(name="batches/x")
-    assert caught.value.code == 401
+    assert caught.value.code == 400 and caught.value.details["error"]["details"][0]["reason"] == "API_KEY_INVALID"
     async with aiohttp.ClientSession() as session, session.get(emu.gemini_base_url + "/v1/batches") as response:
         assert response.status == 403 and (await response.json())["error"]["status"] == "PERMISSION_DENIED"

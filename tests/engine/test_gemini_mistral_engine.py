@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from asyncbatch import BatchManager, JobStatus, RequestState
-from asyncbatch.emulator import EmulatorConfig, run_emulator
+from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
 from asyncbatch.export import write_results
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.base import Provider
@@ -99,6 +99,23 @@ async def test_an_expired_batch_is_resubmitted(tmp_path: Path, name: str) -> Non
     first, *rest = ledger.batches_created(name)
     assert first.status in ("BATCH_STATE_EXPIRED", "TIMEOUT_EXCEEDED") and rest
     assert job.counts.completed == 20 and sorted(set(attempts.values())) == [1, 2]
+    verify_exactly_once(db, ledger, job.id, expect_all_succeeded=True)
+
+
+@pytest.mark.parametrize("name", ["gemini", "mistral"])
+async def test_lost_create_replies_are_adopted_with_the_providers_clock_hours_off(tmp_path: Path, name: str) -> None:
+    """Every create's reply is lost (the batch IS created); the provider's clock is five hours behind ours. The
+    engine finds each batch by its token instead of creating a second one."""
+    lines = [line(name, f"r{i}", f"q {i}") for i in range(30)]
+    db = tmp_path / "jobs.db"
+    config = EmulatorConfig(faults={f"{name}_create": FaultSpec(drop_after_create_rate=1.0)})
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        emu.clock.advance(-5 * 3600)
+        async with manager(db, provider(name, emu), max_requests_per_batch=10) as bm:
+            job = await bm.wait((await bm.submit(lines)).id)
+        ledger = emu.ledger
+    assert job.counts.completed == 30
+    assert len(ledger.batches_created(name)) == 3 and [f.kind for f in ledger.faults] == ["drop_after_create"] * 3
     verify_exactly_once(db, ledger, job.id, expect_all_succeeded=True)
 
 

@@ -242,7 +242,7 @@ async def test_a_wrong_key_never_leaks(emu: Emulator, spool_dir: Path) -> None:
     async with GeminiProvider(api_key=SECRET, base_url=emu.gemini_base_url, retry=FAST_RETRY) as provider:
         with pytest.raises(AuthenticationError) as caught:
             await provider.retrieve("batches/x")
-    assert SECRET not in str(caught.value) and caught.value.status == 401
+    assert SECRET not in str(caught.value) and caught.value.status == 400  # Google's answer to a wrong key
 
 
 async def test_failed_operation_and_unknown_state(tmp_path: Path) -> None:
