@@ -36,6 +36,8 @@ BATCH_DISCOUNT = Decimal("0.5")
 for models for which genai-prices has no batch price of its own."""
 
 _BATCH_CONTEXT = {"processing": "batch"}
+#: Our provider names that genai-prices spells otherwise (it lists Gemini models under Google).
+PRICE_PROVIDERS = {"gemini": "google"}
 
 
 class ModelCost(msgspec.Struct, kw_only=True):
@@ -132,6 +134,7 @@ def _find_model(model: str, provider: str) -> tuple[Any, str | None]:
     from genai_prices import data_snapshot
 
     snapshot = data_snapshot.get_snapshot()
+    provider = PRICE_PROVIDERS.get(provider, provider)
     try:
         return snapshot.find_provider_model(model, None, provider, None)[1], provider
     except LookupError:

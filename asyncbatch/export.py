@@ -42,12 +42,14 @@ class OutputLine(msgspec.Struct):
     error: _Error | None
 
 
+#: Providers whose native bodies differ from OpenAI's (Mistral's are OpenAI-shaped already).
+TRANSLATED = frozenset({"anthropic", "gemini"})
+
+
 def output_line(result: Result, *, fmt: Format = "native") -> OutputLine:
     body = result.body
-    if fmt == "openai" and result.provider == "anthropic" and isinstance(body, dict) and body.get("type") == "message":
-        from .providers.anthropic_translate import message_to_chat_completion
-
-        body = message_to_chat_completion(body)
+    if fmt == "openai" and result.provider in TRANSLATED and isinstance(body, dict):
+        body = _as_openai(result.provider, body, result.model)
     line_id = result.request_id or f"{result.batch_id or 'local'}-{result.custom_id}"
     if result.status_code is not None:
         response = _Response(status_code=result.status_code, request_id=result.request_id, body=body)
@@ -125,6 +127,24 @@ async def open_output(path: str | os.PathLike[str]) -> AsyncIterator[LineWriter]
         yield _DirectWriter(file)
 
 
+def _as_openai(provider: str, body: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """An Anthropic Message, or a Gemini response, as the OpenAI body it answers; other bodies (errors) as
+    they are."""
+    if provider == "anthropic" and body.get("type") == "message":
+        from .providers.anthropic_translate import message_to_chat_completion
+
+        return message_to_chat_completion(body)
+    if provider == "gemini" and "candidates" in body:
+        from .providers.gemini_translate import response_to_chat_completion
+
+        return response_to_chat_completion(body)
+    if provider == "gemini" and "embedding" in body:
+        from .providers.gemini_translate import embed_response_to_openai
+
+        return embed_response_to_openai(body, model=model or "")
+    return body
+
+
 async def write_results(
     manager: BatchManager,
     job_id: str,
@@ -136,12 +156,14 @@ async def write_results(
     """Write the job's results to ``path`` (streamed; see :func:`open_output`: ``"-"`` is standard output, a
     regular file is replaced atomically); returns the number of lines.
 
-    Bodies are spliced in as stored (no decode and re-encode) unless they are translated (Anthropic
-    messages as OpenAI chat completions).
+    Bodies are spliced in as stored (no decode and re-encode) unless they are translated (Anthropic messages
+    and Gemini responses as OpenAI chat completions or embeddings).
     """
     encoder = msgspec.json.Encoder()
     count = 0
-    translate = fmt == "openai" and (await manager.status(job_id)).provider == "anthropic"
+    job = await manager.status(job_id)
+    providers = {job.provider, *(spec.name for spec in job.routes.values())}  # a job may span providers
+    translate = fmt == "openai" and bool(providers & TRANSLATED)
     async with open_output(path) as writer:
         chunk: list[bytes] = []
         async for result in manager.results(job_id, all_attempts=all_attempts, raw_bodies=not translate):

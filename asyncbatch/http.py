@@ -271,8 +271,8 @@ class HttpClient:
             return RateLimitedError(text, retry_after=parse_retry_after(response.headers), **kwargs)
         if status in RETRYABLE_STATUS:
             return TransientError(text, **kwargs)
-        if status in (401, 403):
-            return AuthenticationError(text, **kwargs)
+        if status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in response.body):
+            return AuthenticationError(text, **kwargs)  # Google answers a wrong key with 400 API_KEY_INVALID
         if status == 404:
             return NotFoundError(text, **kwargs)
         if 400 <= status < 500:
@@ -287,17 +287,23 @@ class _ErrorDetail(msgspec.Struct):
 
 
 class _ErrorEnvelope(msgspec.Struct):
-    error: _ErrorDetail | None = None
+    error: _ErrorDetail | str | None = None
+    message: str | None = None  # Mistral: {"object": "error", "message", "type", "code"} at the top level
+    type: str | None = None
+    code: str | int | None = None
 
 
 def _parse_error_envelope(body: bytes) -> tuple[str, str | None, str | None]:
-    """(message, code, type) from OpenAI's or Anthropic's error JSON; the raw text when it is neither."""
+    """(message, code, type) from OpenAI's, Anthropic's, Gemini's or Mistral's error JSON; the raw text when it
+    is none of them."""
     try:
         envelope = msgspec.json.decode(body, type=_ErrorEnvelope)
     except msgspec.DecodeError:
         return body[:200].decode("utf-8", "replace") or "(empty body)", None, None
     detail = envelope.error
-    if detail is None:
+    if not isinstance(detail, _ErrorDetail):
+        if envelope.message is not None:
+            return envelope.message, str(envelope.code) if envelope.code is not None else None, envelope.type
         return body[:200].decode("utf-8", "replace"), None, None
     code = str(detail.code) if detail.code is not None else None
     return detail.message, code, detail.type

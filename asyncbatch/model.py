@@ -186,10 +186,17 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     @property
     def text(self) -> str | None:
-        """Assistant text of a chat completion (OpenAI) or message (Anthropic) body, else None."""
+        """Assistant text of a chat completion (OpenAI, Mistral), message (Anthropic) or GenerateContentResponse
+        (Gemini: its first candidate, thoughts left out) body, else None."""
         body = self.body
         if not isinstance(body, dict):
             return None
+        candidates = body.get("candidates")
+        if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+            parts = (candidates[0].get("content") or {}).get("parts")
+            texts = [p["text"] for p in parts or () if isinstance(p, dict) and isinstance(p.get("text"), str)
+                     and not p.get("thought")]
+            return "".join(texts) if texts else None
         choices = body.get("choices")
         if isinstance(choices, list) and choices:
             message = choices[0].get("message") if isinstance(choices[0], dict) else None

@@ -1,12 +1,16 @@
-"""Local emulator of the OpenAI and Anthropic batch HTTP APIs (offline development, demos and tests).
+"""Local emulator of the OpenAI, Anthropic, Gemini and Mistral batch HTTP APIs (offline development, demos, tests).
 
     async with run_emulator(EmulatorConfig(complete_after=2)) as emu:
         openai = AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-local")
         claude = AsyncAnthropic(base_url=emu.anthropic_base_url, api_key="sk-local")
+        gemini = genai.Client(api_key="local", http_options=HttpOptions(base_url=emu.gemini_base_url))
+        mistral = Mistral(api_key="local", server_url=emu.mistral_base_url)
 
 ``EmulatorThread`` serves the same from a daemon thread for sync code; ``asyncbatch emulator`` serves it
 from the command line. It speaks the wire protocols of ``provider-batch-apis.md`` (OpenAI Files + Batches
-under ``/v1``, Anthropic Message Batches under ``/v1/messages/batches``) and keeps files on disk.
+under ``/v1``, Anthropic Message Batches under ``/v1/messages/batches``) and of Gemini Batch Mode (under
+``/gemini``, then ``/v1`` or ``/v1beta``) and Mistral's batch jobs (under ``/mistral/v1``), and keeps files on
+disk.
 
 What it answers is decided by the live ``EmulatorConfig`` (mutate ``emu.config``, or
 ``PATCH /_emulator/config``): the clock (``validate_after``, ``complete_after``, ``finalize_after``,

@@ -303,3 +303,58 @@ def anthropic_message(params: dict[str, Any]) -> dict[str, Any]:
             "service_tier": "batch",
         },
     }
+
+
+# --- Gemini ----------------------------------------------------------------------------------------------
+
+
+def _camel(obj: Any, name: str) -> Any:
+    """A request field by its camelCase name or its snake_case one."""
+    if not isinstance(obj, dict):
+        return None
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in name)
+    return obj.get(name, obj.get(snake))
+
+
+def check_gemini(request: dict[str, Any], *, embed: bool) -> Decision | None:
+    """The error a real batch would report for this request, if any."""
+    if embed:
+        content = _camel(request, "content")
+        if not isinstance(content, dict) or not content.get("parts"):
+            return _invalid("* EmbedContentRequest.content: contents is not specified")
+        return None
+    contents = request.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return _invalid("* GenerateContentRequest.contents: contents is not specified")
+    for index, content in enumerate(contents):
+        if not isinstance(content, dict) or not content.get("parts"):
+            return _invalid(f"* GenerateContentRequest.contents[{index}].parts: contents.parts must not be empty.")
+        if content.get("role", "user") not in ("user", "model"):
+            return _invalid(f"* GenerateContentRequest.contents[{index}].role: Please use a valid role: user, model.")
+    return None
+
+
+def gemini_response(model: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A ``GenerateContentResponse`` answering ``request`` (one candidate per ``candidateCount``)."""
+    prompt = [t for key in ("systemInstruction", "system_instruction", "contents") for t in texts(request.get(key))]
+    config = _camel(request, "generationConfig") or {}
+    text, out, cut = _reply(model, prompt, _camel(config, "maxOutputTokens"))
+    count = _camel(config, "candidateCount")
+    count = count if isinstance(count, int) and count > 0 else 1
+    used = tokens("".join(prompt))
+    candidates = [{"content": {"parts": [{"text": text}], "role": "model"},
+                   "finishReason": "MAX_TOKENS" if cut else "STOP", "index": i} for i in range(count)]
+    return {
+        "candidates": candidates,
+        "usageMetadata": {"promptTokenCount": used, "candidatesTokenCount": out * count,
+                          "totalTokenCount": used + out * count},
+        "modelVersion": model,
+        "responseId": secrets.token_urlsafe(16),
+    }
+
+
+def gemini_embedding(request: dict[str, Any]) -> dict[str, Any]:
+    """An ``EmbedContentResponse`` for ``request``."""
+    dims = _camel(request, "outputDimensionality")
+    dims = dims if isinstance(dims, int) and dims > 0 else 8
+    return {"embedding": {"values": _vector("".join(texts(_camel(request, "content"))), min(dims, 3072))}}

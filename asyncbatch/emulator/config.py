@@ -27,6 +27,16 @@ FAULT_GROUPS = (
     "anthropic_results",
     "anthropic_cancel",
     "anthropic_delete",
+    "gemini_upload",
+    "gemini_create",
+    "gemini_read",
+    "gemini_cancel",
+    "gemini_download",
+    "mistral_upload",
+    "mistral_create",
+    "mistral_read",
+    "mistral_cancel",
+    "mistral_download",
 )
 """Endpoint groups a ``FaultSpec`` can target; ``"*"`` targets every group without its own spec."""
 
@@ -76,7 +86,7 @@ class EmulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # had, added to every ended batch (a provider bug a client must keep aside, not drop)
     results_ttl: float | None = None
     stray_results: int = 0
-    # batches (1-based creation ordinals, both providers counted together) that expire instead of completing,
+    # batches (1-based creation ordinals, all providers counted together) that expire instead of completing,
     # after this fraction of their requests has finished
     expire_batches: list[int] = msgspec.field(default_factory=list)
     expire_done_fraction: float = 0.5

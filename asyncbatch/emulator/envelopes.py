@@ -107,3 +107,42 @@ def anthropic_error(
 def retry_headers(seconds: float) -> dict[str, str]:
     """``retry-after`` (seconds, as the SDKs parse it, fractions allowed) and ``retry-after-ms``."""
     return {"retry-after": f"{seconds:g}", "retry-after-ms": str(round(seconds * 1000))}
+
+
+#: HTTP status -> (google.rpc status name, gRPC code), for Gemini's error envelopes and per-request errors.
+GRPC_STATUS = {
+    400: ("INVALID_ARGUMENT", 3),
+    401: ("UNAUTHENTICATED", 16),
+    403: ("PERMISSION_DENIED", 7),
+    404: ("NOT_FOUND", 5),
+    409: ("ABORTED", 10),
+    413: ("INVALID_ARGUMENT", 3),
+    429: ("RESOURCE_EXHAUSTED", 8),
+    499: ("CANCELLED", 1),
+    500: ("INTERNAL", 13),
+    501: ("UNIMPLEMENTED", 12),
+    503: ("UNAVAILABLE", 14),
+    504: ("DEADLINE_EXCEEDED", 4),
+    529: ("UNAVAILABLE", 14),
+}
+
+
+def gemini_error(
+    status: int, message: str, *, status_name: str | None = None, reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Google's error envelope: ``{"error": {"code": <HTTP status>, "message", "status", "details"?}}``; a
+    ``reason`` goes in a ``google.rpc.ErrorInfo`` detail."""
+    name = status_name or GRPC_STATUS.get(status, ("UNKNOWN", 2))[0]
+    error: dict[str, object] = {"code": status, "message": message, "status": name}
+    if reason is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+                             "domain": "googleapis.com"}]
+    return json_response({"error": error}, status=status, headers=headers)
+
+
+def mistral_error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Mistral's error body: ``{"object": "error", "message", "type", "param", "code"}``."""
+    kind = "invalid_request_error" if status < 500 else "internal_server_error"
+    return json_response({"object": "error", "message": message, "type": kind, "param": None, "code": str(status)},
+                         status=status, headers=headers)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +106,18 @@ async def stream_file(request: web.Request, path: Path, content_type: str) -> we
     else:
         await response.write_eof()
     return response
+
+
+def snapshot(source: Path, target: Path) -> None:
+    """A batch's own view of its input: a hard link (instant), a copy where links fail. Deleting the file
+    does not disturb the batch."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def read_json_lines(path: Path) -> list[object]:
+    """Every line of a small JSONL file, decoded (inline results, which the API returns in one body)."""
+    with open(path, "rb") as source:
+        return [msgspec.json.decode(line) for line in source if line.strip()]

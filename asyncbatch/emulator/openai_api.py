@@ -10,9 +10,7 @@ batch named in ``expire_batches``, or holding requests that expire, ends ``expir
 from __future__ import annotations
 
 import functools
-import os
 import secrets
-import shutil
 from array import array
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, open
 from .config import EmulatorConfig, window_seconds
 from .core import Context, after_cursor
 from .envelopes import json_response, openai_error, openai_error_body, request_id
-from .files import CHUNK, FileDeleted, FileObject, FileStore, stream_file
+from .files import CHUNK, FileDeleted, FileObject, FileStore, snapshot, stream_file
 from .ledger import BatchRecord
 from .outcomes import Decision
 from .routes import RouteSpec, query_int
@@ -521,7 +519,7 @@ class OpenAIAPI:
         metadata = _metadata(body.metadata)
         batch_id = "batch_" + secrets.token_hex(12)
         input_path = self.workdir / f"{batch_id}.input.jsonl"
-        _snapshot(self.files.path(source.id), input_path)
+        snapshot(self.files.path(source.id), input_path)
         return OpenAIBatch(
             batch_id=batch_id, ordinal=self.ctx.next_ordinal(), created_at=self.ctx.clock.now(),
             input_file_id=source.id, input_path=input_path, endpoint=endpoint,
@@ -642,14 +640,6 @@ class _Rejected(Exception):
         self.status = status
         self.message = message
         self.param = param
-
-
-def _snapshot(source: Path, target: Path) -> None:
-    """Keep the batch's own view of its input: a hard link (instant), a copy where links fail."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _expiry_seconds(anchor: object, seconds: object, field: str) -> int:

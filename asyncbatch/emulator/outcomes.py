@@ -9,9 +9,10 @@ Markers anywhere in a request's JSON (prompt text, system prompt ...), checked f
 - ``[[fail_attempts:K]]``: the request fails with a retryable HTTP 500 on its first K submissions, then
   succeeds. ``EmulatorConfig.fail_attempts`` does the same for every request.
 
-Submissions are counted per *identity*: the custom_id for OpenAI; for Anthropic, where a client sends a new
-provider-side custom_id on each attempt, a stable hash of the request's ``params`` (``anthropic_identity``),
-so a resubmitted request is recognised even under a new id (identical params share one identity).
+Submissions are counted per *identity*: the custom_id for OpenAI; for Anthropic, Gemini and Mistral, where a
+client sends a new provider-side id on each attempt, a stable hash of the request's ``params`` or body
+(``anthropic_identity``, ``body_identity``), so a resubmitted request is recognised even under a new id
+(identical requests share one identity).
 
 Then ``expire_rate`` and ``fail_rate`` (status ``fail_status``) are drawn from a hash of ``seed``, identity
 and submission number: reproducible run to run, but a retry draws again.
@@ -54,8 +55,17 @@ def stable_uniform(seed: int, kind: str, identity: str, submission: int) -> floa
 
 def anthropic_identity(params: Mapping[str, Any]) -> str:
     """The identity an Anthropic request is counted by: a hash of its params in canonical JSON."""
-    canonical = msgspec.json.encode(params, order="sorted")
-    return "params:" + hashlib.blake2b(canonical, digest_size=12).hexdigest()
+    return _hashed("params", params)
+
+
+def body_identity(body: Mapping[str, Any]) -> str:
+    """The identity of a Gemini or Mistral request, whose keys are new on each attempt too: a hash of its body."""
+    return _hashed("body", body)
+
+
+def _hashed(kind: str, value: Mapping[str, Any]) -> str:
+    canonical = msgspec.json.encode(value, order="sorted")
+    return f"{kind}:" + hashlib.blake2b(canonical, digest_size=12).hexdigest()
 
 
 def decide(

@@ -1,4 +1,4 @@
-"""The emulator's HTTP server: auth, injected faults, request ids and admin endpoints around both APIs.
+"""The emulator's HTTP server: auth, injected faults, request ids and admin endpoints around every API.
 
 ``run_emulator`` serves it on the current event loop; ``EmulatorThread`` serves it from a daemon thread
 for sync code. Keys are compared, never logged or echoed.
@@ -6,6 +6,7 @@ for sync code. Keys are compared, never logged or echoed.
 
 from __future__ import annotations
 
+import email.utils
 import hmac
 import random
 import tempfile
@@ -26,8 +27,20 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from .anthropic_api import AnthropicAPI
 from .config import EmulatorConfig, FaultSpec
 from .core import Clock, Context
-from .envelopes import anthropic_error, json_response, openai_error, request_id, retry_headers
+from .envelopes import (
+    anthropic_error,
+    gemini_error,
+    json_response,
+    mistral_error,
+    openai_error,
+    request_id,
+    retry_headers,
+)
+from .gemini_api import PREFIX as GEMINI_PREFIX
+from .gemini_api import GeminiAPI
 from .ledger import FaultRecord, Ledger
+from .mistral_api import PREFIX as MISTRAL_PREFIX
+from .mistral_api import MistralAPI
 from .openai_api import OpenAIAPI
 from .routes import REQUEST_ID, RESPONSE_HEADERS, TRUNCATE, Handler, RouteSpec
 
@@ -38,6 +51,12 @@ _FAULT_MESSAGES = {
     ("anthropic", 429): "Number of requests has exceeded your rate limit. Please try again later.",
     ("anthropic", 500): "Internal server error",
     ("anthropic", 503): "Service unavailable",
+    ("gemini", 429): "Resource has been exhausted (e.g. check quota).",
+    ("gemini", 500): "An internal error has occurred. Please retry or report.",
+    ("gemini", 503): "The model is overloaded. Please try again later.",
+    ("mistral", 429): "Requests rate limit exceeded",
+    ("mistral", 500): "Internal server error",
+    ("mistral", 503): "Service unavailable",
 }
 
 
@@ -48,13 +67,16 @@ class Server:
         self.ctx = ctx
         self.openai = OpenAIAPI(ctx)
         self.anthropic = AnthropicAPI(ctx)
+        self.gemini = GeminiAPI(ctx)
+        self.mistral = MistralAPI(ctx)
         self._rng = random.Random(ctx.config.seed)
         self._specs: dict[AbstractRoute, RouteSpec] = {}
         self._fault_counts: Counter[str] = Counter()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=16 * 1024 * 1024)
-        for spec in [*self.openai.routes(), *self.anthropic.routes()]:
+        for spec in [*self.openai.routes(), *self.anthropic.routes(), *self.gemini.routes(),
+                     *self.mistral.routes()]:
             route = app.router.add_route(spec.method, spec.path, spec.handler)
             self._specs[route] = spec
         app.router.add_get("/_emulator/health", self._health)
@@ -73,10 +95,10 @@ class Server:
         if spec is None:
             return await self._unrouted(request, handler)
         rid = request[REQUEST_ID] = request_id()
-        if spec.provider == "openai":
-            request[RESPONSE_HEADERS] = {"x-request-id": rid}
-        else:
+        if spec.provider == "anthropic":
             request[RESPONSE_HEADERS] = {"request-id": rid, "anthropic-organization-id": "org-emulator"}
+        else:
+            request[RESPONSE_HEADERS] = {"x-request-id": rid}
         refused = self._authenticate(request, spec.provider)
         if refused is not None:
             return refused
@@ -93,6 +115,10 @@ class Server:
         try:
             return await handler(request)
         except web.HTTPException as exc:
+            if request.path.startswith(GEMINI_PREFIX):
+                return gemini_error(exc.status, f"Unrecognized request URL ({request.method} {request.path}).")
+            if request.path.startswith(MISTRAL_PREFIX):
+                return mistral_error(exc.status, f"Unrecognized request URL ({request.method} {request.path}).")
             if not request.path.startswith("/v1"):
                 raise
             message = f"Unrecognized request URL ({request.method} {request.path})."
@@ -101,12 +127,30 @@ class Server:
             return openai_error(exc.status, message)
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The request's headers, and a ``Date`` read on the emulated clock: the provider's clock, which a
+        client may use to reason about the provider's timestamps."""
         response.headers.update(request.get(RESPONSE_HEADERS, {}))
+        response.headers["Date"] = email.utils.formatdate(self.ctx.clock.now(), usegmt=True)
 
     def _authenticate(self, request: web.Request, provider: str) -> web.Response | None:
         headers = request.headers
         bearer = headers.get("authorization", "")
         key = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
+        if provider == "gemini":
+            if "upload_id" in request.query:
+                return None  # the session URL is the credential of a resumable upload's data requests
+            key = headers.get("x-goog-api-key", "").strip() or request.query.get("key", "")
+            if not key:
+                return gemini_error(403, "Method doesn't allow unregistered callers (callers without established "
+                                    "identity). Please use API Key or other form of API consumer identity to call "
+                                    "this API.")
+            if not self._key_ok(key):
+                return gemini_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
+            return None
+        if provider == "mistral":
+            if not key or not self._key_ok(key):
+                return mistral_error(401, "Unauthorized")
+            return None
         if provider == "openai":
             key = key or headers.get("api-key", "").strip()
             if not key:
@@ -153,6 +197,10 @@ class Server:
                 message = _FAULT_MESSAGES[spec.provider, status]
                 if spec.provider == "openai":
                     return openai_error(status, message, headers=headers)
+                if spec.provider == "gemini":
+                    return gemini_error(status, message, headers=headers)
+                if spec.provider == "mistral":
+                    return mistral_error(status, message, headers=headers)
                 return anthropic_error(request, status, message, headers=headers)
             draw -= rate
         if spec.download and self._draw(request, spec, "truncate"):
@@ -227,6 +275,8 @@ class Emulator:
         self.url = url
         self.openai_base_url = url + "/v1"
         self.anthropic_base_url = url
+        self.gemini_base_url = url + GEMINI_PREFIX  # the SDK and GeminiProvider add /v1 or /v1beta
+        self.mistral_base_url = url + MISTRAL_PREFIX  # the SDK and MistralProvider add /v1
         self._server = server
         self._ctx = server.ctx
 
@@ -247,13 +297,19 @@ class Emulator:
         return self._ctx.data_dir
 
     def sent_requests(self, batch_id: str) -> list[dict[str, Any]]:
-        """The request lines of a batch exactly as the client sent them (OpenAI input lines, or Anthropic
-        ``{custom_id, params}`` items). Reads the whole input: meant for tests of small batches."""
-        openai_batch = self._server.openai.batches.get(batch_id)
+        """The request lines of a batch as the client sent them (OpenAI input lines, Anthropic ``{custom_id,
+        params}`` items, Gemini ``{key, request}`` lines or inline ``{request, metadata}`` items, Mistral
+        ``{custom_id, body}`` lines). Reads the whole input: meant for tests of small batches."""
+        server = self._server
+        openai_batch = server.openai.batches.get(batch_id)
         if openai_batch is not None:
             path = openai_batch.input_path
+        elif batch_id in server.anthropic.batches:
+            path = server.anthropic.batches[batch_id].run.input_path
+        elif batch_id in server.gemini.batches:
+            path = server.gemini.batches[batch_id].run.input_path
         else:
-            path = self._server.anthropic.batches[batch_id].run.input_path
+            path = server.mistral.jobs[batch_id].run.input_path
         with open(path, "rb") as source:
             return [msgspec.json.decode(line) for line in source if line.strip()]
 
@@ -363,6 +419,14 @@ class EmulatorThread:
     @property
     def anthropic_base_url(self) -> str:
         return self.emulator.anthropic_base_url
+
+    @property
+    def gemini_base_url(self) -> str:
+        return self.emulator.gemini_base_url
+
+    @property
+    def mistral_base_url(self) -> str:
+        return self.emulator.mistral_base_url
 
     @property
     def ledger(self) -> Ledger:

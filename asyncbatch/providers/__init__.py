@@ -41,6 +41,8 @@ _REGISTRY: dict[str, _Entry] = {
     # OpenAI-protocol hosts: their key and base-URL variables are the class's HOSTS entry for their name
     "groq": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _GROQ),
     "together": _Entry("asyncbatch.providers.openai", "OpenAIProvider", _TOGETHER),
+    "gemini": _Entry("asyncbatch.providers.gemini", "GeminiProvider", {}),
+    "mistral": _Entry("asyncbatch.providers.mistral", "MistralProvider", {}),
 }
 
 PROVIDER_NAMES = tuple(_REGISTRY)

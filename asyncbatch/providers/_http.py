@@ -1,10 +1,15 @@
-"""What every HTTP provider shares: a lazily built ``HttpClient`` holding the key, and its closing."""
+"""What every HTTP provider shares: a lazily built ``HttpClient`` holding the key, its closing, and create
+bodies streamed from a spool file."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Self
 
-from ..errors import AuthenticationError
+import anyio
+
+from ..errors import AuthenticationError, NotFoundError
 from ..http import HttpClient, RetryPolicy
 
 
@@ -35,6 +40,22 @@ class HttpProvider:
         if not self._api_key:
             raise AuthenticationError(self._missing_key())
 
+    async def file_exists(self, file_id: str) -> bool:
+        """True unless the provider's file path (``_file_path``) answers 404; a provider without files has none to
+        lose."""
+        path = self._file_path(file_id)
+        if path is None:
+            return True
+        try:
+            await self._client().request("GET", path)
+        except NotFoundError:
+            return False
+        return True
+
+    def _file_path(self, file_id: str) -> str | None:
+        """Where an uploaded file is read (None: the provider uploads no files)."""
+        return None
+
     def _client(self) -> HttpClient:
         if self._http is None:
             self.check_key()
@@ -58,3 +79,24 @@ class HttpProvider:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+#: Bytes per block read from the spool file while streaming a create body.
+BODY_BLOCK = 1 << 20
+
+
+async def spooled_array(spool: Path, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
+    """``head``, the spool file's lines as the items of a JSON array, then ``tail``: a block of bytes at a time.
+
+    The spool holds one JSON object per line (compact JSON has no raw newline) and ends with a newline, so
+    turning every newline but that last one into a comma makes the array: no line is split out or joined.
+    ``head`` ends with the array's ``[``, ``tail`` starts with its ``]``.
+    """
+    yield head
+    held = b""  # the last byte read so far: the final newline must not become a comma
+    async with await anyio.open_file(spool, "rb") as source:
+        while block := await source.read(BODY_BLOCK):
+            data = held + block
+            held = data[-1:]
+            yield data[:-1].replace(b"\n", b",")
+    yield held.rstrip(b"\n") + tail

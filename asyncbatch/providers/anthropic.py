@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,7 +29,8 @@ from msgspec import Meta
 from ..errors import ConnectionFailedError, ProviderError, ValidationError
 from ..http import CHUNK, Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
-from ._http import HttpProvider
+from ._http import HttpProvider, spooled_array
+from ._tokens import shard_prefix, token_wire_id
 from .anthropic_translate import AnthropicUsage, body_error, translate
 from .base import RemoteBatch, ResultLine, ShardLimits
 
@@ -48,8 +49,6 @@ DEFAULT_LIMITS = ShardLimits(max_requests=100_000, max_bytes=MAX_BYTES)
 #: find() looks this far before the shard entered ``creating`` (clock skew between us and Anthropic).
 FIND_MARGIN = 600.0
 FIND_PAGE = "100"
-#: Bytes per block read from the spool file while streaming a create body.
-BODY_BLOCK = 1 << 20
 
 ERROR_STATUS = {
     "invalid_request_error": 400,
@@ -163,6 +162,8 @@ class AnthropicProvider(HttpProvider):
     api_key_env = API_KEY_ENV
     #: A batch may answer 404 for a short while after its create (Anthropic's eventual consistency).
     visibility_grace: float = 60.0
+    #: Seconds results stay downloadable: 29 days after the batch was created (less once it has run a while).
+    results_retention: float = 29 * 86400.0
 
     def __init__(
         self,
@@ -233,7 +234,7 @@ class AnthropicProvider(HttpProvider):
 
     def wire_id(self, custom_id: str, rid: int, token: str) -> str:
         """``f"{token[:16]}-{rid}"``: Anthropic-safe for any custom_id, and it names the shard (see find)."""
-        return f"{_shard_prefix(token)}{rid}"
+        return token_wire_id(token, rid)
 
     def encode_line(self, wire_id: str, url: str, body: bytes) -> bytes:
         """``{"custom_id", "params"}``: the translated chat body, or native params spliced in as stored."""
@@ -257,10 +258,6 @@ class AnthropicProvider(HttpProvider):
         """Nothing to upload: requests travel inline with the create call."""
         return None
 
-    async def file_exists(self, file_id: str) -> bool:
-        """Anthropic batches upload no file: there is none to lose."""
-        return True
-
     async def create(self, shard: ShardInfo, file_id: str | None = None) -> RemoteBatch:
         """POST the shard's requests, streamed from its spool file (re-read from the start on each try).
 
@@ -272,7 +269,7 @@ class AnthropicProvider(HttpProvider):
         response = await self._client().request(
             "POST",
             BATCHES,
-            form=lambda: _requests_body(spool),
+            form=lambda: spooled_array(spool, b'{"requests":[', b"]}"),
             headers={"content-type": "application/json"},
             idempotent=False,
         )
@@ -313,7 +310,7 @@ class AnthropicProvider(HttpProvider):
                     continue
                 if batch.processing_status != "ended":
                     unverified.append(batch)
-                elif (await self._first_wire_id(batch) or "").startswith(_shard_prefix(shard.token)):
+                elif (await self._first_wire_id(batch) or "").startswith(shard_prefix(shard.token)):
                     return msgspec.structs.replace(self._normalise(batch), token=shard.token)  # verified
             if not page.has_more or not page.data or len(in_window) < len(page.data):
                 break
@@ -390,27 +387,6 @@ class AnthropicProvider(HttpProvider):
             created_at=_timestamp(batch.created_at),
             cancel_requested=batch.cancel_initiated_at is not None,
         )
-
-
-def _shard_prefix(token: str) -> str:
-    """What every wire id of a shard starts with; 64 bits of its uuid4 token tell shards apart."""
-    return f"{token[:16]}-"
-
-
-async def _requests_body(spool: Path) -> AsyncIterator[bytes]:
-    """``{"requests":[...]}`` from the spool file, a block of bytes at a time.
-
-    The spool holds one JSON object per line (compact JSON has no raw newline) and ends with a newline, so
-    turning every newline but that last one into a comma makes the array: no line is split out or joined.
-    """
-    yield b'{"requests":['
-    held = b""  # the last byte read so far: the final newline must not become a comma
-    async with await anyio.open_file(spool, "rb") as source:
-        while block := await source.read(BODY_BLOCK):
-            data = held + block
-            held = data[-1:]
-            yield data[:-1].replace(b"\n", b",")
-    yield held.rstrip(b"\n") + b"]}"
 
 
 def _decode(response: Response, type_: type[T]) -> T:

@@ -41,7 +41,6 @@ than one rejected before anything is stored. The rules:
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -51,6 +50,26 @@ from msgspec import UNSET, Meta, UnsetType
 
 from ..errors import UnsupportedFeatureError, ValidationError
 from ..model import Usage
+from .chat_input import (
+    AnyMessage,
+    AssistantMessage,
+    ChatBody,
+    ImagePart,
+    JsonObjectFormat,
+    JsonSchema,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    SystemMessage,
+    TextPart,
+    ToolCall,
+    ToolMessage,
+    UserMessage,
+    check_neutral,
+    data_url,
+    load_chat,
+    non_blank,
+)
+from .chat_input import body_error as _body_error
 
 __all__ = [
     "JSON_OBJECT_INSTRUCTION",
@@ -63,6 +82,7 @@ __all__ = [
     "translate",
 ]
 
+PROVIDER = "Anthropic"
 #: The tool that carries a ``response_format: json_schema`` answer; user tools may not use this name.
 JSON_RESPONSE_TOOL = "json_response"
 #: Appended to ``system`` for ``response_format: json_object``.
@@ -72,164 +92,6 @@ _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 PositiveInt = Annotated[int, Meta(ge=1)]
-
-
-# --- OpenAI chat completion body (input) -----------------------------------------------------------------
-
-
-class _TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
-    text: str
-
-
-class _ImageUrl(msgspec.Struct, forbid_unknown_fields=True):
-    url: str
-    detail: str | None = None
-
-
-class _ImagePart(msgspec.Struct, tag="image_url", tag_field="type", forbid_unknown_fields=True):
-    image_url: _ImageUrl
-
-
-class _FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    arguments: str
-
-
-class _ToolCall(msgspec.Struct, tag="function", tag_field="type", forbid_unknown_fields=True):
-    id: str
-    function: _FunctionCall
-
-
-class _Message(msgspec.Struct, tag_field="role", forbid_unknown_fields=True, kw_only=True):
-    name: None = None  # participant names have no Claude equivalent
-
-
-class _SystemMessage(_Message, tag="system"):
-    content: str | list[_TextPart]
-
-
-class _DeveloperMessage(_SystemMessage, tag="developer"):
-    pass
-
-
-class _UserMessage(_Message, tag="user"):
-    content: str | list[_TextPart | _ImagePart]
-
-
-class _AssistantMessage(_Message, tag="assistant"):
-    content: str | list[_TextPart] | None = None
-    tool_calls: list[_ToolCall] | None = None
-    refusal: None = None
-    audio: None = None
-    function_call: None = None
-
-
-class _ToolMessage(_Message, tag="tool"):
-    tool_call_id: str
-    content: str | list[_TextPart]
-
-
-_AnyMessage = _SystemMessage | _DeveloperMessage | _UserMessage | _AssistantMessage | _ToolMessage
-
-
-class _FunctionDef(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class _Tool(msgspec.Struct, tag="function", tag_field="type", forbid_unknown_fields=True):
-    function: _FunctionDef
-
-
-class _NamedFunction(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-
-
-class _NamedToolChoice(msgspec.Struct, tag="function", tag_field="type", forbid_unknown_fields=True):
-    function: _NamedFunction
-
-
-class _JsonSchema(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    schema: dict[str, Any]
-    description: str | None = None
-    strict: bool | None = None
-
-
-class _TextFormat(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
-    pass
-
-
-class _JsonObjectFormat(msgspec.Struct, tag="json_object", tag_field="type", forbid_unknown_fields=True):
-    pass
-
-
-class _JsonSchemaFormat(msgspec.Struct, tag="json_schema", tag_field="type", forbid_unknown_fields=True):
-    json_schema: _JsonSchema
-
-
-class _ChatBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The OpenAI chat completion fields the translation knows; see the module docstring for each rule."""
-
-    model: Annotated[str, Meta(min_length=1)]
-    messages: Annotated[list[_AnyMessage], Meta(min_length=1)]
-    max_completion_tokens: PositiveInt | None = None
-    max_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    stop: str | list[str] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
-    tools: list[_Tool] | None = None
-    tool_choice: Literal["auto", "none", "required"] | _NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: _TextFormat | _JsonObjectFormat | _JsonSchemaFormat | None = None
-    # accepted with their neutral value only (_NEUTRAL)
-    n: int | None = None
-    stream: bool | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, int] | None = None
-    modalities: list[str] | None = None
-    # accepted as null only
-    audio: None = None
-    functions: None = None
-    function_call: None = None
-    reasoning_effort: None = None
-    verbosity: None = None
-    web_search_options: None = None
-    moderation: None = None
-    # dropped
-    seed: Any = None
-    store: Any = None
-    metadata: Any = None
-    service_tier: Any = None
-    prompt_cache_key: Any = None
-    prompt_cache_retention: Any = None
-    stream_options: Any = None
-    prediction: Any = None
-
-
-_NEUTRAL: dict[str, tuple[object, ...]] = {
-    "n": (1,),
-    "stream": (False,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": ({},),
-    "modalities": (["text"],),
-}
-
-#: The _NEUTRAL fields in one C call; most requests give none of them.
-_neutral_values = operator.attrgetter(*_NEUTRAL)
-_NONE_GIVEN = (None,) * len(_NEUTRAL)
-
-_chat_decoder = msgspec.json.Decoder(_ChatBody)
 
 
 # --- Anthropic Messages params (output) ------------------------------------------------------------------
@@ -315,19 +177,14 @@ def to_messages_params(body: Mapping[str, Any], *, default_max_tokens: int = 409
 
 def translate(body: Mapping[str, Any] | bytes, *, default_max_tokens: int = 4096) -> MessagesParams:
     """Translate a chat body given as a mapping or as its JSON bytes (decoded straight into Structs)."""
-    chat = _load(body)
-    if (values := _neutral_values(chat)) != _NONE_GIVEN:
-        for (name, allowed), value in zip(_NEUTRAL.items(), values, strict=True):
-            if value is not None and value not in allowed:
-                raise UnsupportedFeatureError(
-                    f"{name}={value!r} has no Anthropic equivalent", field=f"body.{name}"
-                )
+    chat = load_chat(body, PROVIDER)
+    check_neutral(chat, PROVIDER)
     if chat.temperature is not None and chat.temperature > 1:
         raise UnsupportedFeatureError(
             "Anthropic's temperature range is 0-1; OpenAI's 1-2 has no equivalent", field="body.temperature"
         )
     system, messages = _conversation(chat.messages)
-    if isinstance(chat.response_format, _JsonObjectFormat):
+    if isinstance(chat.response_format, JsonObjectFormat):
         system.append(JSON_OBJECT_INSTRUCTION)
     tools, tool_choice = _tools(chat)
     stop = [chat.stop] if isinstance(chat.stop, str) else chat.stop
@@ -346,43 +203,9 @@ def translate(body: Mapping[str, Any] | bytes, *, default_max_tokens: int = 4096
     )
 
 
-def _load(body: Mapping[str, Any] | bytes) -> _ChatBody:
-    try:
-        if isinstance(body, bytes):
-            return _chat_decoder.decode(body)
-        return msgspec.convert(dict(body), _ChatBody)
-    except msgspec.ValidationError as exc:
-        raise body_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"not valid JSON: {exc}", field="body") from None
-
-
-_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_FIELD = re.compile(r"^Object (?P<kind>contains unknown|missing required) field `(?P<name>[^`]+)`$")
-_TAG = re.compile(r"^Invalid value (?P<value>.+)$")
-_NULL_ONLY = re.compile(r"^Expected `null`, got")
-
-
 def body_error(text: str) -> ValidationError:
-    """msgspec's error (``<reason> - at `$.path```) as our error, its path as ``field="body.path"``.
-
-    Unknown fields, unknown tags (role, part or tool ``type``) and non-null values of null-only fields are
-    features we cannot translate; anything else is a plain invalid value.
-    """
-    match = _AT.match(text)
-    reason, path = (match["reason"], "body" + (match["path"] or "")) if match else (text, "body")
-    if field := _FIELD.match(reason):
-        where = f"{path}.{field['name']}"
-        if field["kind"] == "missing required":
-            return ValidationError("required field is missing", field=where)
-        return UnsupportedFeatureError(f"{field['name']!r} cannot be translated for Anthropic", field=where)
-    if tag := _TAG.match(reason):
-        return UnsupportedFeatureError(f"{tag['value']} is not supported for Anthropic", field=path)
-    if _NULL_ONLY.match(reason):
-        return UnsupportedFeatureError(
-            "this field has no Anthropic equivalent (only null is accepted)", field=path
-        )
-    return ValidationError(reason, field=path)
+    """msgspec's error about a chat body as our error (see :func:`.chat_input.body_error`)."""
+    return _body_error(text, PROVIDER)
 
 
 def _given(value: float | None) -> float | UnsetType:
@@ -395,7 +218,7 @@ def _system(texts: list[str]) -> str | list[TextBlock] | UnsetType:
     return texts[0] if len(texts) == 1 else [TextBlock(text=t) for t in texts]
 
 
-def _conversation(messages: Sequence[_AnyMessage]) -> tuple[list[str], list[Turn]]:
+def _conversation(messages: Sequence[AnyMessage]) -> tuple[list[str], list[Turn]]:
     """System texts, and the other messages as alternating turns (same-role neighbours merged).
 
     Runs for every chat request twice (checked at submit, translated into the spool), so error paths
@@ -403,7 +226,7 @@ def _conversation(messages: Sequence[_AnyMessage]) -> tuple[list[str], list[Turn
     system: list[str] = []
     turns: list[tuple[Role, list[Block]]] = []
     for i, message in enumerate(messages):
-        if isinstance(message, _SystemMessage):
+        if isinstance(message, SystemMessage):
             system += _texts(message.content)
             continue
         role, blocks = _turn(message, i)
@@ -428,16 +251,16 @@ def _collapse(blocks: list[Block]) -> str | list[Block]:
     return blocks[0].text if len(blocks) == 1 and isinstance(blocks[0], TextBlock) else blocks
 
 
-def _turn(message: _AnyMessage, i: int) -> tuple[Role, list[Block]]:
-    if isinstance(message, _UserMessage):
+def _turn(message: AnyMessage, i: int) -> tuple[Role, list[Block]]:
+    if isinstance(message, UserMessage):
         return "user", _content_blocks(message.content, i)
-    if isinstance(message, _AssistantMessage):
+    if isinstance(message, AssistantMessage):
         blocks: list[Block] = [TextBlock(text=text) for text in _texts(message.content)]
         blocks += [
             _tool_use(call, f"body.messages[{i}].tool_calls[{j}]") for j, call in enumerate(message.tool_calls or ())
         ]
         return "assistant", blocks
-    assert isinstance(message, _ToolMessage)
+    assert isinstance(message, ToolMessage)
     texts = _texts(message.content)
     content: str | list[TextBlock] | UnsetType = UNSET
     if texts:
@@ -446,41 +269,32 @@ def _turn(message: _AnyMessage, i: int) -> tuple[Role, list[Block]]:
     return "user", [ToolResultBlock(tool_use_id=tool_use_id, content=content)]
 
 
-def _texts(content: str | Sequence[_TextPart] | None) -> list[str]:
+def _texts(content: str | Sequence[TextPart] | None) -> list[str]:
     """The non-blank texts of a content (Claude rejects blank text blocks)."""
     if content is None:
         return []
     if isinstance(content, str):
-        return [content] if _non_blank(content) else []
-    return [part.text for part in content if _non_blank(part.text)]
+        return [content] if non_blank(content) else []
+    return [part.text for part in content if non_blank(part.text)]
 
 
-def _non_blank(text: str) -> bool:
-    """``text.strip() != ""`` without building the stripped copy (the same white space as ``str.strip``)."""
-    return bool(text) and not text.isspace()
-
-
-def _content_blocks(content: str | Sequence[_TextPart | _ImagePart], i: int) -> list[Block]:
+def _content_blocks(content: str | Sequence[TextPart | ImagePart], i: int) -> list[Block]:
     if isinstance(content, str):
         return [TextBlock(text=text) for text in _texts(content)]
     blocks: list[Block] = []
     for j, part in enumerate(content):
-        if isinstance(part, _ImagePart):
+        if isinstance(part, ImagePart):
             blocks.append(_image(part.image_url.url, f"body.messages[{i}].content[{j}].image_url.url"))
-        elif _non_blank(part.text):
+        elif non_blank(part.text):
             blocks.append(TextBlock(text=part.text))
     return blocks
 
 
 def _image(url: str, at: str) -> ImageBlock:
-    if url.startswith(("http://", "https://")):
+    inline = data_url(url, at, PROVIDER)
+    if inline is None:
         return ImageBlock(source=UrlSource(url=url))
-    if not url.startswith("data:"):
-        raise UnsupportedFeatureError("images must be http(s) URLs or base64 data URLs", field=at)
-    header, comma, data = url[len("data:") :].partition(",")
-    media_type, *options = header.split(";")
-    if not comma or "base64" not in options:
-        raise UnsupportedFeatureError("only base64 data URLs can be sent to Anthropic", field=at)
+    media_type, data = inline
     if media_type not in IMAGE_MEDIA_TYPES:
         allowed = ", ".join(sorted(IMAGE_MEDIA_TYPES))
         raise UnsupportedFeatureError(f"image type {media_type!r} is not supported (use {allowed})", field=at)
@@ -493,7 +307,7 @@ def _tool_id(value: str, at: str) -> str:
     return value
 
 
-def _tool_use(call: _ToolCall, at: str) -> ToolUseBlock:
+def _tool_use(call: ToolCall, at: str) -> ToolUseBlock:
     try:
         arguments = msgspec.json.decode(call.function.arguments or "{}")
     except msgspec.DecodeError:
@@ -503,9 +317,9 @@ def _tool_use(call: _ToolCall, at: str) -> ToolUseBlock:
     return ToolUseBlock(id=_tool_id(call.id, f"{at}.id"), name=call.function.name, input=arguments)
 
 
-def _tools(chat: _ChatBody) -> tuple[list[ToolDef], ToolChoice | None]:
+def _tools(chat: ChatBody) -> tuple[list[ToolDef], ToolChoice | None]:
     """Tools and tool_choice, with the json_schema tool folded in and parallel calls applied."""
-    if not chat.tools and chat.tool_choice is None and not isinstance(chat.response_format, _JsonSchemaFormat):
+    if not chat.tools and chat.tool_choice is None and not isinstance(chat.response_format, JsonSchemaFormat):
         return [], None  # most requests: nothing to build
     tools = [
         ToolDef(
@@ -517,7 +331,7 @@ def _tools(chat: _ChatBody) -> tuple[list[ToolDef], ToolChoice | None]:
         for tool in chat.tools or ()
     ]
     choice = _tool_choice(chat.tool_choice, tools)
-    if isinstance(chat.response_format, _JsonSchemaFormat):
+    if isinstance(chat.response_format, JsonSchemaFormat):
         choice = _json_choice(choice, tools)
         tools = [*tools, _json_tool(chat.response_format.json_schema, tools)]
     if chat.parallel_tool_calls is False and tools:
@@ -527,7 +341,7 @@ def _tools(chat: _ChatBody) -> tuple[list[ToolDef], ToolChoice | None]:
     return tools, choice
 
 
-def _tool_choice(value: str | _NamedToolChoice | None, tools: list[ToolDef]) -> ToolChoice | None:
+def _tool_choice(value: str | NamedToolChoice | None, tools: list[ToolDef]) -> ToolChoice | None:
     if value is None or (not tools and value in ("auto", "none")):
         return None  # OpenAI ignores them without tools; Claude would reject them
     if not tools:
@@ -538,7 +352,7 @@ def _tool_choice(value: str | _NamedToolChoice | None, tools: list[ToolDef]) -> 
         return ToolChoice(type="none")
     if value == "required":
         return ToolChoice(type="any")
-    assert isinstance(value, _NamedToolChoice)
+    assert isinstance(value, NamedToolChoice)
     if value.function.name not in {tool.name for tool in tools}:
         raise ValidationError(
             "tool_choice names a tool that is not in tools", field="body.tool_choice.function.name"
@@ -560,7 +374,7 @@ def _json_choice(choice: ToolChoice | None, tools: list[ToolDef]) -> ToolChoice:
     return choice  # a named tool: OpenAI calls it and the schema does not apply to this turn either
 
 
-def _json_tool(spec: _JsonSchema, tools: list[ToolDef]) -> ToolDef:
+def _json_tool(spec: JsonSchema, tools: list[ToolDef]) -> ToolDef:
     if any(tool.name == JSON_RESPONSE_TOOL for tool in tools):
         raise UnsupportedFeatureError(
             f"the tool name {JSON_RESPONSE_TOOL!r} is reserved for response_format json_schema",

@@ -20,7 +20,17 @@ __all__ = ["BatchError", "Provider", "RemoteBatch", "ResultLine", "ShardLimits"]
 
 @runtime_checkable
 class Provider(Protocol):
-    """What the engine needs from a provider. Implementations: OpenAIProvider, AnthropicProvider."""
+    """What the engine needs from a provider. Implementations: OpenAIProvider, AnthropicProvider,
+    GeminiProvider, MistralProvider.
+
+    Optional members (read with ``getattr``; the built-in providers have them):
+
+    * ``results_retention: float``: seconds the results of an ended batch stay downloadable (Mistral 24 h,
+      Gemini 48 h, Anthropic 29 days, OpenAI 30 days), so that the engine can ingest them before they go.
+    * ``check_job_options(completion_window, metadata)``: refuse job options the provider cannot take.
+    * ``native_request(line, ...) -> Request``: a line of the provider's own batch format (Gemini's ``{"key",
+      "request"}``) as a Request, for input readers that meet such lines.
+    """
 
     name: str
     base_url: str

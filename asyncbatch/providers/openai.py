@@ -20,7 +20,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ..errors import NotFoundError, ProviderError, RateLimitedError, TransientError, ValidationError
+from ..errors import ProviderError, RateLimitedError, TransientError, ValidationError
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from ._http import HttpProvider
@@ -252,6 +252,8 @@ class OpenAIProvider(HttpProvider):
     default_limits = ShardLimits(max_requests=50_000, max_bytes=200 * _MB - BYTES_MARGIN)
     #: OpenAI does not document eventual consistency; a short grace costs little where it is not needed.
     visibility_grace: float = 30.0
+    #: Seconds output and error files stay downloadable (30 days by default).
+    results_retention: float = 30 * 86400.0
 
     def __init__(
         self,
@@ -408,12 +410,8 @@ class OpenAIProvider(HttpProvider):
                 handle.close()
         return msgspec.json.decode(response.body, type=_FileObject).id
 
-    async def file_exists(self, file_id: str) -> bool:
-        try:
-            await self._client().request("GET", self._path(f"/files/{file_id}"))
-        except NotFoundError:
-            return False
-        return True
+    def _file_path(self, file_id: str) -> str:
+        return self._path(f"/files/{file_id}")
 
     async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
         """Create the batch, at most once per token.

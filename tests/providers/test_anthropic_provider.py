@@ -34,6 +34,7 @@ from asyncbatch.errors import (
     ValidationError,
 )
 from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
+from asyncbatch.providers import _http as http_module
 from asyncbatch.providers import anthropic as anthropic_module
 from asyncbatch.providers.anthropic import AnthropicProvider
 from asyncbatch.providers.anthropic_translate import to_messages_params
@@ -212,7 +213,7 @@ async def test_create_streams_the_exact_body_with_the_right_headers(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
-    monkeypatch.setattr(anthropic_module, "BODY_BLOCK", block)
+    monkeypatch.setattr(http_module, "BODY_BLOCK", block)
     requests = [chat("a.1", "one"), native("b" * 100, "two"), chat("c", "three", max_completion_tokens=9)]
     async with stub_host({"POST /v1/messages/batches": json_handler(batch_json("msgbatch_01"))}) as host:
         provider = AnthropicProvider(base_url=host.url, betas=("beta-one", "beta-two"))
@@ -520,7 +521,7 @@ async def test_rate_limits_honour_retry_after(
         "anthropic_create": FaultSpec(rate_429=1.0, retry_after=0.1, max_faults=1),
         "anthropic_read": FaultSpec(rate_429=1.0, retry_after=0.2, max_faults=2),
     }
-    monkeypatch.setattr(anthropic_module, "BODY_BLOCK", 7)
+    monkeypatch.setattr(http_module, "BODY_BLOCK", 7)
     shard = write_shard(provider, spool_dir, [chat(f"r{i}", "hi") for i in range(5)])
     started = time.monotonic()
     created = await provider.create(shard)
