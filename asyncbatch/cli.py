@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=float, default=60.0,
                    help="how long another worker waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
+    p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
+    p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
     p.add_argument("--max-jobs", type=int, help="drive at most this many jobs at once (default: all)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (and /healthz)")
@@ -459,11 +461,15 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
-    return await run_worker(
-        args.db, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
-        lease_seconds=args.lease_seconds, max_jobs=args.max_jobs, metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
+    from .engine import EngineConfig
+
+    config = EngineConfig(
+        poll_interval=args.poll_interval, max_poll_interval=max(args.max_poll_interval, args.poll_interval),
+        lease_seconds=args.lease_seconds, max_requests_per_batch=args.max_requests_per_batch,
+        max_bytes_per_batch=args.max_bytes_per_batch,
     )
+    return await run_worker(args.db, config=config, max_jobs=args.max_jobs, metrics_port=args.metrics_port,
+                            metrics_host=args.metrics_host)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {

@@ -24,9 +24,7 @@ log = logging.getLogger("asyncbatch")
 async def run_worker(
     db: str,
     *,
-    poll_interval: float = 5.0,
-    max_poll_interval: float = 300.0,
-    lease_seconds: float = 60.0,
+    config: EngineConfig | None = None,
     max_jobs: int | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
@@ -34,8 +32,6 @@ async def run_worker(
     """Serve until SIGTERM or SIGINT; returns the exit status."""
     from .metrics import count_event, serve_metrics
 
-    config = EngineConfig(poll_interval=poll_interval, max_poll_interval=max(max_poll_interval, poll_interval),
-                          lease_seconds=lease_seconds)
     store = open_store(db)
     await store.open()  # a worker started where no SQLite store exists yet creates it
     engine = Engine(store, config=config)

@@ -1,11 +1,13 @@
-"""Helpers shared by the tests: request lines and JSONL files."""
+"""Helpers shared by the tests: request lines, JSONL files, and the verdict on a job read through its store."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
@@ -38,26 +40,66 @@ def write_jsonl(path: Path, lines: Iterable[Mapping[str, Any] | str]) -> Path:
     return path
 
 
-def verify_exactly_once(db: Path, ledger: Any, job_id: str, *, expect_all_succeeded: bool = False) -> dict[str, int]:
+def in_store(db: str | Path, read: Callable[[Any], Awaitable[T]]) -> T:
+    """``read(store)`` on a store of its own, opened in a thread of its own: works from sync and async tests
+    alike, on any backend the URL names."""
+    import threading
+
+    import anyio
+
+    from asyncbatch.store import open_store
+
+    found: list[T] = []
+    failed: list[BaseException] = []
+
+    async def run() -> None:
+        store = open_store(str(db))
+        await store.open()
+        try:
+            found.append(await read(store))
+        finally:
+            await store.close()
+
+    def thread_main() -> None:
+        try:
+            anyio.run(run)
+        except BaseException as exc:  # raised in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=thread_main)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return found[0]
+
+
+def integrity(db: str | Path) -> str:
+    """The store's own integrity check (through the store, whatever the backend)."""
+    return in_store(db, lambda store: store.integrity_check())
+
+
+def audit(db: str | Path, job_id: str) -> Any:
+    """``Store.audit`` of a job (see ``in_store``)."""
+    return in_store(db, lambda store: store.audit(job_id))
+
+
+def verify_exactly_once(
+    db: str | Path, ledger: Any, job_id: str, *, expect_all_succeeded: bool = False
+) -> dict[str, int]:
     """Prove from the store and the emulator's ledger that nothing was lost and nothing paid twice.
 
     Every custom_id of the job has exactly one final state; a succeeded one was billed exactly once and
     never processed again after its success; a failed one was never billed; no shard token produced two
-    provider batches; the database passes ``PRAGMA integrity_check``. Returns the final state counts.
+    provider batches; the store passes its integrity check. Returns the final state counts.
     """
-    import sqlite3
     from collections import Counter, defaultdict
 
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        states = dict(conn.execute("SELECT custom_id, state FROM requests WHERE job_id = ?", (job_id,)).fetchall())
-        wire = defaultdict(set)
-        for custom_id, wire_id in conn.execute(
-            "SELECT r.custom_id, m.wire_id FROM shard_members m JOIN requests r ON r.rid = m.rid WHERE r.job_id = ?",
-            (job_id,),
-        ):
-            wire[custom_id].add(wire_id)
-        tokens = [t for (t,) in conn.execute("SELECT token FROM shards WHERE job_id = ?", (job_id,))]
+    found = audit(db, job_id)
+    assert found.integrity == "ok", found.integrity
+    states = {cid: state.value for cid, (state, _) in found.requests.items()}
+    wire = {cid: set(ids) for cid, ids in found.wire_ids.items()}
+    tokens = found.tokens
     assert states, "the job has no requests"
     unfinished = {cid: s for cid, s in states.items() if s not in ("succeeded", "failed", "cancelled")}
     assert not unfinished, f"{len(unfinished)} requests not final, e.g. {list(unfinished.items())[:3]}"
@@ -65,7 +107,7 @@ def verify_exactly_once(db: Path, ledger: Any, job_id: str, *, expect_all_succee
     for order, record in enumerate(ledger.requests):
         by_wire[record.custom_id].append((order, record))
     for custom_id, state in states.items():
-        records = [r for _, r in sorted(x for w in wire[custom_id] for x in by_wire.get(w, []))]
+        records = [r for _, r in sorted(x for w in wire.get(custom_id, ()) for x in by_wire.get(w, []))]
         billed = [i for i, r in enumerate(records) if r.billed]
         if state == "succeeded":
             assert len(billed) == 1, f"{custom_id}: billed {len(billed)} times"

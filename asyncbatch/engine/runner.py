@@ -23,6 +23,7 @@ from ..errors import BadRequestError, BatchClaimedError, NotFoundError, Provider
 from ..events import BatchCreated, BatchStatusChanged, EventBus, ResultsIngested
 from ..failpoints import failpoint
 from ..jsonl import SpoolWriter
+from ..metrics import POLLS
 from ..model import (
     BatchError,
     BatchStatus,
@@ -265,6 +266,7 @@ class ShardRunner:
         last: tuple[str, dict[str, int]] | None = None
         while True:
             try:
+                POLLS.labels(self.provider.name).inc()
                 remote = await self.provider.retrieve(shard.batch_id)
                 stoppable = remote.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
                 cancel = self.job.id in self.shared.cancelled

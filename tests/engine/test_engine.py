@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from asyncbatch.events import BatchStatusChanged
 from asyncbatch.export import write_results
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
-from tests.helpers import API_KEY, chat_line, verify_exactly_once
+from tests.helpers import API_KEY, chat_line, integrity, verify_exactly_once
 
 FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, max_retries=12)
 
@@ -208,8 +207,7 @@ async def test_store_never_holds_the_api_key(tmp_path: Path) -> None:
     for path in tmp_path.rglob("*"):
         if path.is_file() and "emu" not in path.parts:
             assert API_KEY.encode() not in path.read_bytes(), path
-    with sqlite3.connect(tmp_path / "jobs.db") as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert integrity(tmp_path / "jobs.db") == "ok"
     assert (tmp_path / "jobs.db").stat().st_mode & 0o777 == 0o600
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -19,7 +18,8 @@ import anyio
 import anyio.abc
 import msgspec
 
-from tests.helpers import API_KEY, verify_exactly_once
+from asyncbatch.model import RequestState
+from tests.helpers import API_KEY, audit, verify_exactly_once
 
 # Fast polling, small shards and small ingest chunks: many phases (and so many crash windows) per second.
 RUN_ARGS = ("--poll-interval", "0.05", "--max-poll-interval", "0.3")
@@ -91,16 +91,15 @@ def verify_guarantees(db: Path, emu: Any, job_id: str, **options: Any) -> dict[s
     nothing, so here the batches' *inputs* are checked too.
     """
     counts = verify_exactly_once(db, emu.ledger, job_id, **options)
-    with sqlite3.connect(db) as conn:
-        # one final result each: a success is stored once, as the request's last attempt
-        bad_successes = conn.execute(
-            "SELECT r.custom_id FROM requests r LEFT JOIN results s ON s.rid = r.rid AND s.outcome = 'succeeded' "
-            "WHERE r.job_id = ? GROUP BY r.rid "
-            "HAVING COUNT(s.rid) > 1 OR (r.state = 'succeeded') != (COUNT(s.rid) = 1) "
-            "OR (COUNT(s.rid) = 1 AND MAX(s.attempt) != r.attempts)", (job_id,)).fetchall()
-        wire_to_cid = dict(conn.execute(
-            "SELECT m.wire_id, r.custom_id FROM shard_members m JOIN requests r ON r.rid = m.rid "
-            "WHERE r.job_id = ?", (job_id,)).fetchall())
+    found = audit(db, job_id)
+    # one final result each: a success is stored once, as the request's last attempt
+    bad_successes = [
+        cid for cid, (state, attempts) in found.requests.items()
+        if len(found.successes.get(cid, [])) > 1
+        or (state is RequestState.SUCCEEDED) != (len(found.successes.get(cid, [])) == 1)
+        or (found.successes.get(cid) and found.successes[cid][0] != attempts)
+    ]
+    wire_to_cid = {wire: cid for cid, wires in found.wire_ids.items() for wire in wires}
     assert not bad_successes, f"custom_ids without exactly one final success: {bad_successes[:5]}"
     ordinal = {b.id: b.ordinal for b in emu.ledger.batches_created()}
     billed_in: dict[str, int] = {}
@@ -115,11 +114,6 @@ def verify_guarantees(db: Path, emu: Any, job_id: str, **options: Any) -> dict[s
                 sent_after[cid].append(ordinal[batch_id])
     assert not sent_after, f"sent again after success: {dict(list(sent_after.items())[:3])}"
     return counts
-
-
-def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
 def files_under(*roots: Path) -> Iterable[Path]:

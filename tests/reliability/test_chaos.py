@@ -20,8 +20,8 @@ import pytest
 
 from asyncbatch.emulator import EmulatorConfig, FaultSpec, run_emulator
 from asyncbatch.failpoints import POINTS
-from tests.helpers import chat_line, write_jsonl
-from tests.reliability.support import RUN_ARGS, cli, cli_env, drain, integrity, spawn, stop, verify_guarantees
+from tests.helpers import chat_line, integrity, write_jsonl
+from tests.reliability.support import RUN_ARGS, cli, cli_env, drain, spawn, stop, verify_guarantees
 
 pytestmark = pytest.mark.slow
 

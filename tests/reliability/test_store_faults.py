@@ -26,8 +26,8 @@ from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
 from asyncbatch.store import SQLiteStore
 from asyncbatch.store.sql import SCHEMA_VERSION
-from tests.helpers import API_KEY, chat_line, write_jsonl
-from tests.reliability.support import RUN_ARGS, CliResult, cli, cli_env, command, integrity, verify_guarantees
+from tests.helpers import API_KEY, chat_line, integrity, write_jsonl
+from tests.reliability.support import RUN_ARGS, CliResult, cli, cli_env, command, verify_guarantees
 
 FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, max_retries=12)
 
