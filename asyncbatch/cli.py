@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", default="openai", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"one of {providers} (default: openai)")
     p.add_argument("--base-url", help="provider base URL (default: from the environment, else the public API)")
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="read the provider's key from environment variable NAME (recorded with the job, the key "
+                        "never is; default: the provider's own variable, such as OPENAI_API_KEY)")
     p.add_argument("--endpoint", help="every line must be for this endpoint (default: any, mixed allowed)")
     p.add_argument("--completion-window", default="24h")
     p.add_argument("--metadata", nargs="*", default=[], metavar="KEY=VALUE")
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=float, default=60.0,
                    help="how long another process waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
+    p.add_argument("--base-url", help="send the jobs' batches not yet created to this base URL from now on "
+                                      "(repoints their default provider, e.g. after a wrong one at submit)")
+    p.add_argument("--api-key-env", metavar="NAME", help="from now on, read the jobs' key from variable NAME")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress on stderr (default: when stderr is a terminal)")
 
@@ -156,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _reportable(exc)
         if error is None:
             raise
-        print(f"asyncbatch: error: {error}", file=sys.stderr)
+        notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
+        print(f"asyncbatch: error: {error}{notes}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -217,8 +224,8 @@ async def _submit(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ValidationError(f"--metadata takes KEY=VALUE, got {item!r}", field="metadata")
         metadata[key] = value
-    provider = create_provider(args.provider, base_url=args.base_url)
-    async with BatchManager(args.db, provider=provider) as bm:
+    provider = create_provider(args.provider, base_url=args.base_url, key_env=args.api_key_env)
+    async with BatchManager(args.db, provider=provider, api_key_env=args.api_key_env) as bm:
         job = await bm.submit(
             args.file, endpoint=args.endpoint, completion_window=args.completion_window, metadata=metadata,
             max_attempts=args.max_attempts, job_id=args.job_id,
@@ -297,6 +304,9 @@ async def _run(args: argparse.Namespace) -> int:
 
         display = _display(args.progress)
         job_ids = args.job_ids or [job.id for job in await bm.list_jobs() if not job.status.is_terminal]
+        if args.base_url or args.api_key_env:
+            for job_id in job_ids:
+                await bm.repoint(job_id, base_url=args.base_url, api_key_env=args.api_key_env)
         if not job_ids:
             print(f"asyncbatch: nothing to run: every job in {args.db} has ended", file=sys.stderr)
             return 0
@@ -459,9 +469,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from .worker import run_worker
-
     from .engine import EngineConfig
+    from .worker import run_worker
 
     config = EngineConfig(
         poll_interval=args.poll_interval, max_poll_interval=max(args.max_poll_interval, args.poll_interval),

@@ -43,7 +43,7 @@ from anyio.from_thread import BlockingPortal
 
 from .cost import CostReport, job_cost
 from .engine.pool import spec_of
-from .errors import JobNotFoundError, NotFoundError, ValidationError
+from .errors import ConnectionFailedError, JobNotFoundError, NotFoundError, ValidationError
 from .export import output_line, write_results
 from .manager import BatchManager
 from .model import BatchStatus, Job, JobStatus, RequestCounts, RequestState, Shard, ShardPhase
@@ -214,7 +214,7 @@ def _batch(job: Job, shards: Sequence[Shard]) -> Batch:
         for error in msgspec.convert(shard.errors, list[BatchError]):
             if error not in errors:
                 errors.append(error)
-    status = _status(job, counts, errors)
+    status = _status(job, counts, errors, created=any(s.batch_id for s in shards))
     ended = int(job.updated_at) if job.status.is_terminal else None
     started = [s.creating_at for s in shards if s.creating_at is not None]
     return Batch(
@@ -231,9 +231,10 @@ def _batch(job: Job, shards: Sequence[Shard]) -> Batch:
     )
 
 
-def _status(job: Job, counts: RequestCounts, errors: list[BatchError]) -> BatchStatus:
+def _status(job: Job, counts: RequestCounts, errors: list[BatchError], *, created: bool = True) -> BatchStatus:
     """OpenAI's word for a job. ``failed`` is a job that ended with nothing done and batch-level errors
-    (what OpenAI reports as a failed batch); a job whose requests failed one by one is ``completed``."""
+    (what OpenAI reports as a failed batch); a job whose requests failed one by one is ``completed``; a job with
+    no provider batch yet (``created`` False) is still ``validating``."""
     if job.status is JobStatus.OPEN:
         return BatchStatus.VALIDATING
     if job.status is JobStatus.CANCELLED:
@@ -242,6 +243,8 @@ def _status(job: Job, counts: RequestCounts, errors: list[BatchError]) -> BatchS
         return BatchStatus.FAILED if errors and not counts.completed else BatchStatus.COMPLETED
     if job.cancel_requested:
         return BatchStatus.CANCELLING
+    if not created:
+        return BatchStatus.VALIDATING
     return BatchStatus.FINALIZING if not counts.pending and not counts.in_flight else BatchStatus.IN_PROGRESS
 
 
@@ -457,6 +460,11 @@ async def _until_created(path: str, job: Job) -> Job:
             unsent = [s for s in await store.job_shards(job.id) if s.phase in _UNSENT]
             if job.status.is_terminal or (job.status is not JobStatus.OPEN and not job.counts.pending and not unsent):
                 return job
+            if failing := next((s.last_error for s in unsent if s.last_error), None):
+                # the provider cannot be reached (or keeps refusing) even after the HTTP layer's retries: say so
+                # now, in one line; the job goes on trying in the background and stays resumable
+                raise ConnectionFailedError(f"batch {job.id} could not be created yet: {failing} (it is kept and "
+                                            "tried again in the background; retrieve it later)")
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
     log.warning("job %s: its batches were not all created within %.0fs; it goes on in the background",

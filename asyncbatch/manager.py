@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import msgspec
 
 from .engine import Engine, EngineConfig, ProviderPool, RetryStrategy, Router
 from .engine.pool import KeyResolver, env_key, spec_of
@@ -308,6 +309,20 @@ class BatchManager:
         from the store every ``poll_interval`` seconds when another process does (see ``events.watch_job``)."""
         async for event in watch_job(self.store, self.events, job_id, poll_interval=poll_interval):
             yield event
+
+    async def repoint(
+        self, job_id: str, *, base_url: str | None = None, api_key_env: str | None = None, route: str | None = None
+    ) -> Job:
+        """Send a stored job's batches not created yet to another base URL, or read its key from another
+        variable, from now on: after a wrong base URL at submit (the job keeps what it recorded until told).
+        ``route`` is one of the job's providers (default: its default one)."""
+        job = await self.store.get_job(job_id, with_counts=False)
+        name = route if route is not None else job.provider
+        spec = job.spec(name)
+        changes = {k: v for k, v in (("base_url", base_url), ("key_env", api_key_env)) if v is not None}
+        await self.store.set_route(job_id, name, msgspec.structs.replace(spec, **changes))
+        log.info("job %s: route %s now %s", job_id, name, changes)
+        return await self._job(job_id)
 
     # --- cancelling ----------------------------------------------------------------------------------------
 

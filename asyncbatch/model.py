@@ -256,7 +256,7 @@ class Job(msgspec.Struct, kw_only=True, dict=True):
 
     def spec(self, route: str) -> ProviderSpec:
         """The provider of ``route`` (a job stored before routes existed has only its default provider)."""
-        found = self.routes.get(route)
+        found = self.routes.get(route or self.provider)
         if found is not None:
             return found
         if route in ("", self.provider):

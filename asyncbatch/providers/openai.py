@@ -20,7 +20,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ..errors import ProviderError, RateLimitedError, TransientError, ValidationError
+from ..errors import NotFoundError, ProviderError, RateLimitedError, TransientError, ValidationError
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from ._http import HttpProvider
@@ -405,6 +405,11 @@ class OpenAIProvider(HttpProvider):
 
         try:
             response = await self._client().request("POST", self._path("/files"), form=form)
+        except NotFoundError as exc:
+            if not urlsplit(self.base_url).path.rstrip("/").endswith("/v1"):  # the first call a job makes
+                exc.add_note(f"the base URL {self.base_url} has no /v1: OpenAI-compatible APIs usually live under "
+                             f"it (try {self.base_url.rstrip('/')}/v1, e.g. `asyncbatch run --base-url ...`)")
+            raise
         finally:
             for handle in opened:
                 handle.close()

@@ -18,7 +18,7 @@ from asyncbatch.events import BatchStatusChanged
 from asyncbatch.export import write_results
 from asyncbatch.http import RetryPolicy
 from asyncbatch.providers.openai import OpenAIProvider
-from tests.helpers import API_KEY, chat_line, integrity, verify_exactly_once
+from tests.helpers import API_KEY, chat_line, integrity, verify_exactly_once, write_jsonl
 
 FAST_RETRY = RetryPolicy(base_delay=0.01, max_delay=0.05, max_retries=12)
 
@@ -277,3 +277,21 @@ async def test_counts_that_move_do_not_reset_the_poll_backoff(tmp_path: Path) ->
     assert len({done for _, done in running}) >= 4, running  # the counts did move from poll to poll
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(running)]
     assert len(running) <= 12 and max(gaps) > 0.6, gaps  # every 0.1 s for 4 s would be about 40 polls
+
+
+async def test_a_job_sent_to_a_wrong_base_url_is_repointed_and_runs(tmp_path: Path) -> None:
+    """A base URL without /v1 answers 404 at its root; `run --base-url` (repoint) sends the job to the right one,
+    though the job recorded the wrong one at submit."""
+    from tests.reliability.support import cli, cli_env
+
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        db, lines = tmp_path / "jobs.db", write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(4)])
+        wrong = emu.openai_base_url.removesuffix("/v1")
+        done = await cli("submit", str(lines), "--db", str(db), "--base-url", wrong)
+        job_id = done.out.split()[-1]
+        done = await cli("run", "--db", str(db), "--poll-interval", "0.05", job_id)
+        assert done.code != 0 and "404" in done.err and "has no /v1" in done.err and "left resumable" in done.err
+        done = await cli("run", "--db", str(db), "--poll-interval", "0.05", "--base-url", emu.openai_base_url, job_id,
+                         env=cli_env())
+        assert done.code == 0 and f"{job_id} done: 4 succeeded" in done.out, done.err
+        verify_exactly_once(db, emu.ledger, job_id, expect_all_succeeded=True)

@@ -171,7 +171,7 @@ def test_a_drive_that_fails_is_reported_by_the_call_that_waits_for_it_without_th
                                      api_base=emu.openai_base_url, api_key=API_KEY)
         assert not emu.ledger.batches_created()
         (stored,) = helpers.batch_completion_list().data  # kept, and resumable once the key is right
-        assert stored.status == "in_progress"
+        assert stored.status == "validating"  # nothing reached the provider
     assert API_KEY not in str(caught.value) and "SECRET" not in repr(caught.value)
 
 
