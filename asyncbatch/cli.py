@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec  # already loaded with the package (its model); the rest is imported lazily
-
 if TYPE_CHECKING:
     from .manager import BatchManager
     from .progress import Display
@@ -229,44 +227,11 @@ async def _submit(args: argparse.Namespace) -> int:
         job = await bm.submit(
             args.file, endpoint=args.endpoint, completion_window=args.completion_window, metadata=metadata,
             max_attempts=args.max_attempts, job_id=args.job_id,
+            warn=lambda message: print(f"asyncbatch: warning: {message}", file=sys.stderr),
         )
     print(f"stored {job.counts.total} requests as job {job.id}", file=sys.stderr)
-    for _, model in await _unpriced_models(args.file, job.provider):
-        print(f"asyncbatch: warning: model {model!r} is unknown to the price data: check its spelling "
-              "(the provider may accept it only to fail every request); its cost will show as unpriced",
-              file=sys.stderr)
     print(job.id)
     return 0
-
-
-async def _unpriced_models(path: Path, provider: str) -> list[tuple[str, str]]:
-    """The models of a submitted file that the price data does not know, read again from the file (the
-    store keeps no list of a job's models)."""
-    import anyio
-
-    from .cost import unknown_models
-    from .jsonl import iter_lines
-
-    def scan() -> list[tuple[str, str]]:
-        decoder = msgspec.json.Decoder(_ModelsOfLine)
-        models: dict[str, None] = {}
-        for _, raw in iter_lines(path):
-            line = decoder.decode(raw)
-            for part in (line.body, line.params):
-                if part is not None and isinstance(part.model, str):
-                    models[part.model] = None
-        return unknown_models((provider, model) for model in models)
-
-    return await anyio.to_thread.run_sync(scan)
-
-
-class _Model(msgspec.Struct):
-    model: object = None
-
-
-class _ModelsOfLine(msgspec.Struct):
-    body: _Model | None = None  # OpenAI batch lines
-    params: _Model | None = None  # Anthropic's native lines
 
 
 def _display(wanted: bool | None) -> Display | None:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from .cost import job_cost, unknown_models
 from .engine import Engine, EngineConfig, ProviderPool, RetryStrategy, Router
 from .engine.pool import KeyResolver, env_key, spec_of
 from .errors import AsyncBatchError, JobConflictError, ProviderError, ValidationError
@@ -170,6 +171,7 @@ class BatchManager:
         owner: str | None = None,
         check_keys: bool = True,
         provider: Provider | str | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> Job:
         """Validate and store a job; returns once every request is committed. Nothing is sent yet.
 
@@ -181,7 +183,11 @@ class BatchManager:
         ``idempotency_key`` (or ``job_id``) makes the submit safe to retry: a retry with the same requests
         returns the job already stored, one with other requests raises ``JobConflictError``. ``provider`` is this
         job's default provider, instead of the manager's.
+
+        What is worth a second look but not a refusal (a model the price data does not know, such as a
+        misspelled ``gpt-4o-minni``; the same requests as an earlier job) goes to ``warn`` (default: the log).
         """
+        warn = warn or log.warning
         if not 1 <= max_attempts <= 50:
             raise ValidationError("max_attempts must be between 1 and 50", field="max_attempts")
         default = self._spec(provider) if provider is not None else self._default_spec()
@@ -201,10 +207,13 @@ class BatchManager:
         except JobConflictError:
             return await self._resubmitted(job, requests, self._validator(endpoint, default))
         log.info("job %s stored with %d requests", job.id, count)
+        for provider_name, model in unknown_models(validator.models):
+            warn(f"model {model!r} ({provider_name}) is unknown to the price data: check its spelling (the provider "
+                 "may accept it only to fail every request); its cost will show as unpriced")
         first = await self.store.find_job(content_hash=job.content_hash, owner=owner)
         if first is not None and first.id != job.id:
-            log.warning("job %s holds the same requests as job %s, submitted earlier: running both pays twice "
-                        "(pass idempotency_key= to make a retried submit return the first)", job.id, first.id)
+            warn(f"job {job.id} holds the same requests as job {first.id}, submitted earlier: running both pays "
+                 "twice (pass an idempotency key to make a retried submit return the first)")
         self.engine.notify()
         return await self._job(job.id)
 
@@ -268,8 +277,6 @@ class BatchManager:
 
     async def cost(self, job_id: str) -> CostReport:
         """What the job's results cost at batch prices, and what the same requests would have cost live."""
-        from .cost import job_cost
-
         return await job_cost(self.store, job_id)
 
     async def _job(self, job_id: str) -> Job:

@@ -68,6 +68,7 @@ class Validator:
         default = self.pool.add(provider) if router is None else router.default.spec
         self.router = router or Router(default)
         self.routes: dict[str, ProviderSpec] = {}
+        self.models: set[tuple[str, str]] = set()  # (provider, model) of every request, for the price check
         self._by_model: dict[str | None, tuple[Route, Provider]] = {}
 
     @property
@@ -83,6 +84,8 @@ class Validator:
             route = self.router.route(key)
             found = self._by_model[key] = (route, self.pool.get(route.spec))
             self.routes.setdefault(route.name, route.spec)
+            if key is not None:
+                self.models.add((route.spec.name, route.model or key))
         return found
 
     def from_line(self, number: int, raw: bytes) -> NewRequest:
@@ -189,8 +192,9 @@ class Validator:
 
 
 class ContentDigest:
-    """A digest of a job's requests as stored (custom_id, route, url, body, in input order): a submit retried
-    with the same requests has the same digest, one with any request changed, added or left out another."""
+    """A digest of a job's requests as stored (custom_id, route, url, body as given, in input order): a submit
+    retried with the same requests (the same file, the same dicts) has the same digest, one with any request
+    changed, added or left out another. Bodies count byte for byte, as they are stored."""
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
