@@ -47,6 +47,7 @@ from .errors import ConnectionFailedError, JobNotFoundError, NotFoundError, Vali
 from .export import output_line, write_results
 from .manager import BatchManager
 from .model import BatchStatus, Job, JobStatus, RequestCounts, RequestState, Shard, ShardPhase
+from .progress import NotebookDisplay, follow, in_notebook
 from .providers import PROVIDER_NAMES, create_provider
 from .providers.base import BatchError, Provider
 from .results import read_results
@@ -71,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
     db: str | None = None  # None: ``default_db_path()``, read when used
     drive: bool = True  # run the jobs in a background thread of this process
+    progress: bool = True  # in Jupyter, waiting helpers show the job's progress in the cell
     create_timeout: float = 120.0  # creating helpers return once the provider batches exist, or after this
     poll_interval: float = 5.0
     max_poll_interval: float = 300.0
@@ -625,13 +627,24 @@ async def _batch_completion_cancel(
 
 
 async def _wait(batch_id: str, db: str | os.PathLike[str] | None, max_wait: float | None) -> Batch:
-    """Poll the store until the batch ends (whichever process drives it); a failed drive is raised."""
-    with anyio.fail_after(max_wait):
-        while True:
-            batch = await _job_view(batch_id, db)
-            if batch.status in TERMINAL_STATUSES:
-                return batch
-            await anyio.sleep(min(1.0, settings.poll_interval))
+    """Poll the store until the batch ends (whichever process drives it); a failed drive is raised. In Jupyter
+    (``settings.progress``) the wait shows the job's progress in the cell, updated in place."""
+    display = NotebookDisplay() if settings.progress and in_notebook() else None
+    store = (await _runtime().manager(_db(db))).store
+    async with anyio.create_task_group() as shown:
+        ended = anyio.Event()
+        if display is not None:
+            shown.start_soon(functools.partial(follow, store, [batch_id], display, stop=ended))
+        try:
+            with anyio.fail_after(max_wait):
+                while True:  # polled: another process may drive the job, with no event reaching this one
+                    batch = await _job_view(batch_id, db)
+                    if batch.status in TERMINAL_STATUSES:
+                        break
+                    await anyio.sleep(min(1.0, settings.poll_interval))
+        finally:
+            ended.set()
+    return batch
 
 
 async def _batch_completion_results(
