@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, Any, NoReturn, ParamSpec, TypeVar
 
 import anyio
 import msgspec
@@ -43,7 +43,13 @@ from anyio.from_thread import BlockingPortal
 
 from .cost import CostReport, job_cost
 from .engine.pool import spec_of
-from .errors import ConnectionFailedError, JobNotFoundError, NotFoundError, ValidationError
+from .errors import (
+    ConnectionFailedError,
+    JobNotFoundError,
+    NotFoundError,
+    UnsupportedFeatureError,
+    ValidationError,
+)
 from .export import output_line, write_results
 from .manager import BatchManager
 from .model import BatchStatus, Job, JobStatus, RequestCounts, RequestState, Shard, ShardPhase
@@ -808,6 +814,17 @@ async def _file_content(
     return FileContent(await anyio.Path(source).read_bytes())
 
 
+def completion(*args: Any, **kwargs: Any) -> NoReturn:
+    """LiteLLM's live (one request at a time, full price) call. asyncbatch sends batches only; the name exists so
+    that code from LiteLLM's batch page, which imports it beside the batch helpers, runs with only the import
+    changed. Calling it says where to go instead."""
+    raise UnsupportedFeatureError(
+        "asyncbatch sends batches only: for a live call use litellm.completion or the provider's SDK; "
+        "for the same request at the batch price use batch_completion(model=..., messages=[messages])",
+        field="completion",
+    )
+
+
 abatch_completion, batch_completion = _both(_batch_completion)
 abatch_completion_create, batch_completion_create = _both(_batch_completion_create)
 abatch_completion_retrieve, batch_completion_retrieve = _both(_batch_completion_retrieve)
@@ -850,6 +867,7 @@ __all__ = [
     "batch_completion_results",
     "batch_completion_retrieve",
     "cancel_batch",
+    "completion",
     "configure",
     "create_batch",
     "create_file",
