@@ -139,10 +139,10 @@ print(f"Created batch: {batch.id}")
 while True:
     batch = batch_completion_retrieve(batch_id=batch.id)
     print(f"Status: {batch.status}")
-    
+
     if batch.status in ["completed", "failed", "expired", "cancelled"]:
         break
-    
+
     time.sleep(60)  # Check every minute
 
 # 4. Process results
@@ -215,7 +215,7 @@ if batch.status == "completed":
     with open("results.jsonl", "r") as f:
         for line in f:
             result = json.loads(line)
-            
+
             if "error" in result:
                 print(f"Error in {result['custom_id']}: {result['error']}")
             else:
@@ -235,20 +235,20 @@ def monitor_batch(batch_id, check_interval=60):
     """Monitor batch progress and print updates."""
     while True:
         batch = batch_completion_retrieve(batch_id=batch_id)
-        
+
         counts = batch.request_counts
         total = counts.get("total", 0)
         completed = counts.get("completed", 0)
         failed = counts.get("failed", 0)
-        
+
         if total > 0:
             progress = (completed + failed) / total * 100
             print(f"Progress: {progress:.1f}% ({completed}/{total} completed, {failed} failed)")
-        
+
         if batch.status in ["completed", "failed", "expired", "cancelled"]:
             print(f"Final status: {batch.status}")
             break
-        
+
         time.sleep(check_interval)
 
 monitor_batch("batch_abc123")
