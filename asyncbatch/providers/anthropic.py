@@ -30,7 +30,7 @@ from ..errors import ConnectionFailedError, ProviderError, ValidationError
 from ..http import CHUNK, Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
 from ._http import HttpProvider, spooled_array
-from ._tokens import shard_prefix, token_wire_id
+from ._tokens import FIND_MARGIN, provider_horizon, shard_prefix, token_wire_id
 from .anthropic_translate import AnthropicUsage, body_error, translate
 from .base import RemoteBatch, ResultLine, ShardLimits
 
@@ -46,8 +46,10 @@ MESSAGES_URL = "/v1/messages"
 #: the ``{"requests":[...]}`` envelope, which the planner's per-line byte count does not see.
 MAX_BYTES = 256_000_000 - 6_000_000
 DEFAULT_LIMITS = ShardLimits(max_requests=100_000, max_bytes=MAX_BYTES)
-#: find() looks this far before the shard entered ``creating`` (clock skew between us and Anthropic).
-FIND_MARGIN = 600.0
+#: A running batch of the right size created up to this long before the shard's create began (Anthropic's
+#: clock) may be the shard's, and is waited for; an earlier one is a stranger's. Covers the Date header's
+#: resolution, the time the create took to arrive, and clocks of workers that differ a little.
+UNVERIFIED_WINDOW = 60.0
 FIND_PAGE = "100"
 
 ERROR_STATUS = {
@@ -278,17 +280,18 @@ class AnthropicProvider(HttpProvider):
     async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
         """The batch created for this shard by a create whose reply was lost, if any.
 
-        Anthropic has no metadata, so candidates are the batches created from ``shard.created_at -
-        FIND_MARGIN`` on (listed newest first; paging stops past that point) that hold exactly
-        ``shard.request_count`` requests. An ended candidate is verified: the first line of its results must
-        carry this shard's token in its id (one batch holds one shard, so one line is proof). A running one
-        cannot be verified (results come only once ended), so the unverified candidate created closest to
-        ``shard.created_at`` is adopted; the engine checks the ids when it ingests the results (lines whose
-        ids it does not know are kept aside, members without a result are retried).
+        Anthropic has no metadata, so candidates are the batches that hold exactly ``shard.request_count``
+        requests, created since the shard entered ``creating``, judged on Anthropic's own clock (its ``Date``
+        header less the time elapsed on ours: our clock is never compared with Anthropic's). An ended candidate
+        is verified: the first line of its results must carry this shard's token in its id (one batch holds one
+        shard, so one line is proof). A running one cannot be verified yet (results come only once ended): the
+        candidate created closest to that moment is returned unverified, and the engine waits for it to end
+        rather than guess. Only batches created within ``UNVERIFIED_WINDOW`` before the create can be such a
+        candidate, so a stranger's batch of the same size started earlier never holds a shard up.
 
         A batch created moments ago may not be listed yet (the API answers 404 for it for a while, see
         ``visibility_grace``), and "absent" leads to a second create: so when nothing is found within
-        ``visibility_grace`` of ``shard.created_at``, we wait until then and look once more.
+        ``visibility_grace`` of ``shard.created_at`` (both on our clock), we wait until then and look once more.
         """
         found = await self._search(shard, exclude)
         wait = min(shard.created_at + self.visibility_grace - time.time(), self.visibility_grace)
@@ -299,17 +302,22 @@ class AnthropicProvider(HttpProvider):
 
     async def _search(self, shard: ShardInfo, exclude: Collection[str]) -> RemoteBatch | None:
         http = self._client()
-        horizon = shard.created_at - FIND_MARGIN
         params = {"limit": FIND_PAGE}
         unverified: list[_MessageBatch] = []
+        creating: float | None = None  # when the shard entered `creating`, on Anthropic's clock
         while True:
-            page = _decode(await http.request("GET", BATCHES, params=params), _BatchPage)
-            in_window = [b for b in page.data if _timestamp(b.created_at) >= horizon]
+            response = await http.request("GET", BATCHES, params=params)
+            page = _decode(response, _BatchPage)
+            if creating is None:
+                creating = provider_horizon(response.headers, shard.created_at, margin=0.0)
+            horizon = creating - FIND_MARGIN if creating is not None else None
+            in_window = [b for b in page.data if horizon is None or _timestamp(b.created_at) >= horizon]
             for batch in in_window:
                 if batch.total != shard.request_count or batch.id in exclude:
                     continue
                 if batch.processing_status != "ended":
-                    unverified.append(batch)
+                    if creating is None or _timestamp(batch.created_at) >= creating - UNVERIFIED_WINDOW:
+                        unverified.append(batch)
                 elif (await self._first_wire_id(batch) or "").startswith(shard_prefix(shard.token)):
                     return msgspec.structs.replace(self._normalise(batch), token=shard.token)  # verified
             if not page.has_more or not page.data or len(in_window) < len(page.data):
@@ -317,9 +325,8 @@ class AnthropicProvider(HttpProvider):
             params = {"limit": FIND_PAGE, "after_id": page.last_id or page.data[-1].id}
         if not unverified:
             return None
-        return self._normalise(
-            min(unverified, key=lambda b: abs(_timestamp(b.created_at) - shard.created_at))
-        )
+        when = creating if creating is not None else _timestamp(unverified[0].created_at)
+        return self._normalise(min(unverified, key=lambda b: abs(_timestamp(b.created_at) - when)))
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:
         response = await self._client().request("GET", f"{BATCHES}/{batch_id}")

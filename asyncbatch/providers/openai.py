@@ -24,6 +24,7 @@ from ..errors import NotFoundError, ProviderError, RateLimitedError, TransientEr
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from ._http import HttpProvider
+from ._tokens import provider_horizon
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 
 __all__ = [
@@ -85,8 +86,6 @@ TOKEN_KEY = "asyncbatch_token"
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-#: find() looks this far before the shard entered ``creating`` (clock skew between us and the provider).
-FIND_MARGIN = 600.0
 FIND_PAGE = "100"
 _MB = 1024 * 1024
 #: Planner headroom under the 200 MB input cap: the provider's own byte count may differ a little from ours.
@@ -454,12 +453,12 @@ class OpenAIProvider(HttpProvider):
     async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
         """The batch whose metadata carries the shard's token, searching newest first.
 
-        Paging stops at the first page reaching back past ``shard.created_at - FIND_MARGIN``: a batch for
-        this token cannot be older than the shard's ``creating`` phase, so an account's history is never
-        scanned.
+        Paging stops at the first page reaching back past the shard's ``creating`` moment moved onto the
+        provider's clock (its ``Date`` header less the time elapsed on ours, see ``provider_horizon``): a batch
+        for this token cannot be older, so an account's history is never scanned, and our clock is never
+        compared with the provider's.
         """
         http = self._client()
-        horizon = shard.created_at - FIND_MARGIN
         params = {"limit": FIND_PAGE}
         while True:
             response = await http.request("GET", self._path("/batches"), params=params)
@@ -468,7 +467,8 @@ class OpenAIProvider(HttpProvider):
             for item in items:
                 if item.metadata and item.metadata.get(TOKEN_KEY) == shard.token and item.id not in exclude:
                     return self._normalise(item)
-            if cursor is None or not items or _epoch(items[-1].created_at) < horizon:
+            horizon = provider_horizon(response.headers, shard.created_at)
+            if cursor is None or not items or (horizon is not None and _epoch(items[-1].created_at) < horizon):
                 return None
             params = {"limit": FIND_PAGE, **cursor}
 

@@ -155,3 +155,24 @@ async def test_running_batches_of_equal_size_are_verified_before_adoption(tmp_pa
         assert "waiting for it to end to check" in err
         verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
         assert len(emu.ledger.batches_created("anthropic")) == 3
+
+
+@pytest.mark.parametrize("skew", [720.0, -720.0, 5 * 3600.0])
+async def test_a_lost_create_is_adopted_whatever_our_clock_says_of_anthropics(tmp_path: Path, skew: float) -> None:
+    """Our clock 12 minutes ahead of Anthropic's (or behind, or hours off) and one create whose reply was lost:
+    the batch is found and adopted by its ids, never created a second time (nothing compares the two clocks)."""
+    from asyncbatch.emulator import FaultSpec
+
+    db = tmp_path / "jobs.db"
+    config = EmulatorConfig(complete_after=1.0, faults={"anthropic_create": FaultSpec(drop_after_create_rate=1.0,
+                                                                                       max_faults=1)})
+    async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
+        emu.clock.advance(-skew)  # Anthropic's clock, against ours
+        async with manager(db, emu) as bm:
+            job = await bm.submit([claude_line(f"r{i}") for i in range(6)])
+            with anyio.fail_after(60):
+                job = await bm.wait(job.id)
+            shards = await bm.shards(job.id)
+        verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
+        assert len(emu.ledger.batches_created()) == 1 and [f.kind for f in emu.ledger.faults] == ["drop_after_create"]
+    assert len(shards) == 1 and shards[0].batch_id == emu.ledger.batches_created()[0].id

@@ -581,8 +581,8 @@ async def test_find_adopts_a_lost_create_and_verifies_ended_ones(
     other_size = write_shard(provider, spool_dir, [chat("e", "five")], shard_id=3)
     assert await provider.find(other_size) is None
 
-    emu.clock.advance(3600)  # the batch ends: now its results can prove whose it is
-    ended = await provider.find(shard)
+    emu.clock.advance(3600)  # an hour later (on both clocks) the batch has ended: its results prove whose it is
+    ended = await provider.find(msgspec.structs.replace(shard, created_at=shard.created_at - 3600))
     assert ended is not None and (ended.id, ended.status) == (record.id, BatchStatus.COMPLETED)
     same_size = write_shard(provider, spool_dir, [chat("c", "three"), chat("d", "four")], shard_id=2)
     started = time.monotonic()
@@ -591,19 +591,21 @@ async def test_find_adopts_a_lost_create_and_verifies_ended_ones(
     assert len(emu.ledger.batches_created()) == 1
 
 
-async def test_find_adopts_the_running_batch_created_closest_to_the_shard(
+async def test_a_running_batch_of_the_same_size_is_waited_for_only_when_made_as_the_create_began(
     emu: Emulator, provider: AnthropicProvider, spool_dir: Path
 ) -> None:
-    """Two running batches of the same size cannot be told apart by ids yet: creation time decides."""
+    """Running batches cannot be told apart by ids yet. One created as the shard's create began (on Anthropic's
+    clock) may be the shard's and is returned unverified, for the engine to wait on; a stranger's started well
+    before is never a candidate, so it holds nothing up, whatever our clock says of Anthropic's."""
     emu.config.complete_after = 3600
-    first = write_shard(provider, spool_dir, [chat("a", "one")])
+    stranger = await provider.create(write_shard(provider, spool_dir, [chat("s", "someone else's")], shard_id=9))
+    emu.clock.advance(2 * anthropic_module.UNVERIFIED_WINDOW)  # two minutes later (on both clocks) ...
+    first = write_shard(provider, spool_dir, [chat("a", "one")])  # ... this shard's create begins
+    assert await provider.find(first) is None  # the stranger's batch is not this shard's
     first_batch = await provider.create(first)
-    await anyio.sleep(0.3)
-    second = write_shard(provider, spool_dir, [chat("b", "two")], shard_id=2)
-    second_batch = await provider.create(second)
-    found_first, found_second = await provider.find(first), await provider.find(second)
-    assert found_first is not None and found_first.id == first_batch.id
-    assert found_second is not None and found_second.id == second_batch.id
+    found = await provider.find(first)
+    assert found is not None and found.id == first_batch.id and found.token is None  # unverified: wait on it
+    assert found.id != stranger.id
 
 
 async def test_find_pages_back_to_the_horizon(
@@ -618,7 +620,8 @@ async def test_find_pages_back_to_the_horizon(
         await provider.create(shard)
     oldest = await provider.find(shards[0])  # three pages back
     assert oldest is not None and oldest.id == emu.ledger.batches_created()[0].id
-    later = msgspec.structs.replace(shards[0], created_at=time.time() + 2 * anthropic_module.FIND_MARGIN)
+    emu.clock.advance(2 * anthropic_module.FIND_MARGIN)  # a shard whose create begins much later
+    later = msgspec.structs.replace(shards[0], created_at=time.time())
     assert await provider.find(later) is None  # everything is older than its horizon
 
 
