@@ -42,6 +42,7 @@ class JobProgress(msgspec.Struct, kw_only=True):
     batches: dict[str, int]
     attempt: int
     eta: float | None = None  # seconds; None until something has finished
+    waiting: str | None = None  # why a live shard is waiting (rate limited, unreachable), from the store
 
     @property
     def done(self) -> int:
@@ -54,6 +55,8 @@ class JobProgress(msgspec.Struct, kw_only=True):
         c = self.counts
         batches = ", ".join(f"{n} {status}" for status, n in sorted(self.batches.items())) or "none yet"
         parts = [f"{self.done}/{c.total}"]
+        if self.waiting:
+            parts.append(f"waiting: {self.waiting}")
         if self.eta is not None:
             parts.append(f"ETA {_duration(self.eta)}")
         parts += [
@@ -106,9 +109,10 @@ class ProgressTracker:
     def update(self, job: Job, shards: Sequence[Shard]) -> JobProgress:
         batches = Counter(s.batch_status.value if s.batch_status else s.phase.value for s in shards)
         status = "cancelling" if job.cancel_requested and not job.status.is_terminal else job.status.value
+        waiting = next((s.last_error for s in shards if s.phase.is_live and s.last_error), None)
         return JobProgress(job_id=job.id, status=status, counts=job.counts, batches=dict(batches),
                            attempt=max((s.attempt for s in shards), default=0),
-                           eta=estimate_eta(job, shards, self._clock()))
+                           eta=estimate_eta(job, shards, self._clock()), waiting=waiting)
 
 
 def render(jobs: Sequence[JobProgress], width: int) -> RenderableType:

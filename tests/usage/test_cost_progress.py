@@ -128,6 +128,22 @@ def test_eta_follows_the_recent_rate() -> None:
     assert "[#.........] 100/1000" in line and "ETA 1:30" in line and "900 in flight" in line
 
 
+def test_a_waiting_shard_says_why_on_the_progress_line() -> None:
+    """A shard that waits out a rate limit or an unreachable provider is not just "in flight": its note shows."""
+    from asyncbatch.model import Job, RequestCounts, Shard, ShardPhase
+
+    job = Job(id="j", provider="openai", base_url=None, endpoint="*", completion_window="24h", max_attempts=3,
+              metadata={}, status=JobStatus.RUNNING, created_at=0, updated_at=0,
+              counts=RequestCounts(total=10, in_flight=10))
+    shard = Shard(id=1, job_id="j", attempt=1, token="t", phase=ShardPhase.PLANNED, endpoint="/v1/chat/completions",
+                  model="m", request_count=10, bytes=100, last_error="rate limited: retrying in 20s")
+    line = ProgressTracker().update(job, [shard]).line(bar=0)
+    assert "0/10 | waiting: rate limited: retrying in 20s" in line
+    done = Shard(id=1, job_id="j", attempt=1, token="t", phase=ShardPhase.INGESTED, endpoint="/v1/chat/completions",
+                 model="m", request_count=10, bytes=100, last_error="old news")
+    assert "waiting" not in ProgressTracker().update(job, [done]).line(bar=0)
+
+
 def test_eta_is_the_same_for_every_viewer_whenever_it_started() -> None:
     """`run` and `watch` disagreed (0:01 against 7:59 at the same moment): each estimated from what it had
     sampled itself. Now the ETA comes from the store: the first batch's creation and the counts."""
