@@ -141,7 +141,7 @@ def test_a_waiting_shard_says_why_on_the_progress_line() -> None:
     assert "0/10 | waiting: rate limited: retrying in 20s" in line
     done = Shard(id=1, job_id="j", attempt=1, token="t", phase=ShardPhase.INGESTED, endpoint="/v1/chat/completions",
                  model="m", request_count=10, bytes=100, last_error="old news")
-    assert "waiting" not in ProgressTracker().update(job, [done]).line(bar=0)
+    assert "waiting:" not in ProgressTracker().update(job, [done]).line(bar=0)
 
 
 def test_eta_is_the_same_for_every_viewer_whenever_it_started() -> None:
