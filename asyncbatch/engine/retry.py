@@ -36,7 +36,7 @@ PERMANENT_BATCH_ERRORS = frozenset({
 CAPACITY_BATCH_ERRORS = frozenset({"token_limit_exceeded"})
 # Codes that say the batch was larger than the provider takes (more requests, or bytes, than its limit, which
 # may be lower than documented): the same requests fit in smaller batches, at once.
-TOO_LARGE_BATCH_ERRORS = frozenset({"too_many_tasks", "file_too_large", "request_too_large", "too_large"})
+TOO_LARGE_BATCH_ERRORS = frozenset({"too_many_tasks", "file_too_large", "too_large"})
 
 
 class RetryStrategy(msgspec.Struct, frozen=True, kw_only=True):

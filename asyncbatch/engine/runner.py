@@ -106,8 +106,10 @@ class ShardRunner:
                 if await self._input_file_gone(shard, exc):
                     continue
                 log.warning("shard %s rejected by the provider: %s", shard.id, exc)
-                errors = [BatchError(code=exc.code or ("too_large" if exc.status == 413 else "rejected"),
-                                     message=str(exc))]
+                code = exc.code or ("too_large" if exc.status == 413 else "rejected")
+                if code in self.shared.retry.too_large_batch_errors and shard.request_count == 1:
+                    code = "request_too_large"  # one request alone is too large: splitting cannot help
+                errors = [BatchError(code=code, message=str(exc))]
                 await self.store.shard_abandoned(self.lease, errors, self.shared.retry.settle_rejected(errors))
 
     async def _renew(self) -> None:
@@ -262,7 +264,9 @@ class ShardRunner:
         assert shard.batch_id is not None
         interval = self.config.poll_interval
         cancel_sent = False
-        first_poll = time.monotonic()
+        # a 404 this soon after the create means "not visible yet" (Anthropic's eventual consistency); later, the
+        # provider has forgotten the batch (measured from the create, also when an earlier process made it)
+        visible_by = (shard.creating_at or 0.0) + self.provider.visibility_grace
         last: tuple[str, dict[str, int]] | None = None
         while True:
             try:
@@ -274,8 +278,8 @@ class ShardRunner:
                     remote = await self.provider.cancel(shard.batch_id)
                     cancel_sent = True
             except NotFoundError as exc:
-                if time.monotonic() - first_poll <= self.provider.visibility_grace:
-                    remote = None  # just created and not visible yet (Anthropic's eventual consistency)
+                if time.time() <= visible_by:
+                    remote = None
                 else:
                     await self._vanished(shard, exc)
                     return
@@ -380,7 +384,7 @@ class ShardRunner:
             finish = retry.settle_gone(remote)
         elif retry.over_capacity(remote) and shard.request_count > 1:
             finish = msgspec.structs.replace(finish, refund=True)  # nothing ran; a smaller batch may fit
-        elif remote.status is BatchStatus.FAILED and retry.too_large(remote.errors):
+        elif remote.status is BatchStatus.FAILED and retry.too_large(remote.errors) and shard.request_count > 1:
             finish = msgspec.structs.replace(finish, state=RequestState.PENDING, refund=True)
         failpoint("before_finish")
         await self.store.ingest(self.lease, rows, orphans, finish=finish, succeeded=made_ok)
