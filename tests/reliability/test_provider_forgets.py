@@ -33,7 +33,9 @@ def free_port() -> int:
 
 
 def openai(emu: Any) -> OpenAIProvider:
-    return OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url, retry=FAST)
+    made = OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url, retry=FAST)
+    made.visibility_grace = 0.5  # a 404 half a second after the create is a forgotten batch (30 s by default)
+    return made
 
 
 def manager(db: Path, provider: Any, **options: Any) -> BatchManager:
