@@ -147,6 +147,14 @@ class ConnectionFailedError(TransientError):
     """The connection failed, was dropped, or timed out before a full response arrived."""
 
 
+class QuotaExceededError(ProviderError):
+    """429 with OpenAI's ``insufficient_quota``: the account is out of credit or over its spending limit.
+
+    Not transient, though it shares the status of a rate limit: waiting changes nothing, the account's billing
+    must. So it is never retried, and ``retryable`` is False.
+    """
+
+
 # --- store -----------------------------------------------------------------------------------------------
 
 

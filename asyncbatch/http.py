@@ -1,9 +1,11 @@
-"""One aiohttp session per provider: retries with jittered backoff, Retry-After, streaming, redaction.
+"""One aiohttp session per provider: one retry loop, server wait hints, streaming, redaction.
 
-The retry policy follows the official SDKs (408/409/429/5xx and connection errors are retried, the
-server's ``x-should-retry`` wins, ``retry-after-ms`` then ``retry-after`` are honoured) with more attempts,
-because a batch client has hours, not seconds. Secrets passed in ``secrets`` are scrubbed from every
-message that leaves this module.
+The retry policy follows the official SDKs (408/409/429/5xx and connection errors are retried, the server's
+``x-should-retry`` wins, ``retry-after-ms`` then ``retry-after`` are honoured, in any spelling of the header
+name) with more attempts, because a batch client has hours, not seconds; every call is bounded in tries and in
+time (:class:`RetryPolicy`). A 429 that says the account is out of quota is not retried. Every wait a server
+asked for is logged at INFO. Secrets passed in ``secrets``, and any credential in the base URL, are scrubbed
+from every message that leaves this module.
 """
 
 from __future__ import annotations
@@ -11,21 +13,24 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
 import msgspec
 
+from .checks import non_negative, positive, redact_url, url_secrets, whole_number
 from .errors import (
     AuthenticationError,
     BadRequestError,
     ConnectionFailedError,
     NotFoundError,
     ProviderError,
+    QuotaExceededError,
     RateLimitedError,
     TransientError,
 )
@@ -33,10 +38,18 @@ from .errors import (
 log = logging.getLogger("asyncbatch.http")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Error codes of a 429 that say "out of quota", not "slow down" (OpenAI's ``insufficient_quota``, reference §4.1).
+PERMANENT_429_CODES = frozenset({"insufficient_quota"})
 CHUNK = 1 << 16
+#: What a failed connection raises: it may have happened before or after the server acted on the call.
+_CONNECTION_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+T = TypeVar("T")
 
 
 class Response(msgspec.Struct, kw_only=True):
+    """A complete answer. ``headers`` is aiohttp's case-insensitive mapping (a plain dict works too)."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes
@@ -46,34 +59,75 @@ class Response(msgspec.Struct, kw_only=True):
 
 
 class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
-    """How hard to try one HTTP call. ``max_retry_after`` caps how long a server may make us wait."""
+    """How hard to try one HTTP call, bounded in tries and in time.
+
+    Without a hint from the server, waits grow from ``base_delay`` to ``max_delay`` (jittered). A server's hint
+    (``Retry-After``, ``retry-after-ms``) is honoured as given, above ``max_delay`` too, up to
+    ``max_retry_after``; a longer one gives the call up at once, saying how long the server asked to wait (a
+    worker blocked for hours inside one call helps nobody; the caller decides). ``max_elapsed`` bounds the
+    whole call: a wait that would end past it is not started. ``max_retries`` bounds the tries after the first.
+    """
 
     max_retries: int = 8
     base_delay: float = 0.5
     max_delay: float = 8.0
     max_retry_after: float = 300.0
+    max_elapsed: float = 900.0
+
+    def __post_init__(self) -> None:
+        whole_number(self.max_retries, "max_retries", minimum=0)
+        for name in ("base_delay", "max_delay", "max_retry_after"):
+            non_negative(getattr(self, name), name)
+        positive(self.max_elapsed, "max_elapsed")
 
     def backoff(self, attempt: int) -> float:
         delay: float = min(self.base_delay * 2**attempt, self.max_delay)
         return delay * (1 - 0.25 * random.random())
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present."""
-    ms = headers.get("retry-after-ms")
-    if ms:
+def _wait_hint(headers: Mapping[str, str]) -> tuple[float, str] | None:
+    """(seconds, header name) from ``retry-after-ms``, else ``retry-after`` (seconds, or an HTTP date), read
+    whatever the case of the header names. Unreadable values and NaN are ignored; an infinite one is kept
+    (it is too long, and says so)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    for name in ("retry-after-ms", "retry-after"):
+        value = lowered.get(name)
+        if value is None:
+            continue
         try:
-            return max(float(ms) / 1000.0, 0.0)
+            seconds = float(value) / (1000.0 if name == "retry-after-ms" else 1.0)
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+            if name == "retry-after-ms":
+                continue
+            try:
+                date = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                continue
+            seconds = date.timestamp() - time.time()  # a date without a zone is UTC (RFC 9110: always GMT)
+        if not math.isnan(seconds):
+            return max(seconds, 0.0), name
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present, in any case."""
+    hint = _wait_hint(headers)
+    return hint[0] if hint else None
+
+
+class _Answered(Exception):
+    """An attempt got an error answer (>= 400): its complete response, for the retry decision."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class _Wait(msgspec.Struct, frozen=True):
+    """A decision to try again after ``seconds``; ``hint`` names the header the server asked it with."""
+
+    seconds: float
+    hint: str | None = None
 
 
 class HttpClient:
@@ -92,7 +146,8 @@ class HttpClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
-        self._secrets = [s for s in secrets if s]
+        # the longest first, so that a secret holding another is scrubbed whole
+        self._secrets = sorted({s for s in (*secrets, *url_secrets(base_url)) if s}, key=len, reverse=True)
         self.retry = retry or RetryPolicy()
         self._limiter = anyio.CapacityLimiter(max_connections)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
@@ -102,8 +157,8 @@ class HttpClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
-    def __repr__(self) -> str:  # never show headers: they hold the key
-        return f"HttpClient({self.base_url!r})"
+    def __repr__(self) -> str:  # never show headers (they hold the key) nor what the URL may carry
+        return f"HttpClient({redact_url(self.base_url)!r})"
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -127,6 +182,10 @@ class HttpClient:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
 
+    def _shown(self, path: str) -> str:
+        """``path`` as messages show it: a full URL (a webhook's) without what it may carry."""
+        return redact_url(path) if path.startswith(("http://", "https://")) else path
+
     # --- calls -------------------------------------------------------------------------------------------
 
     async def request(
@@ -146,39 +205,23 @@ class HttpClient:
         refused, 429); an ambiguous failure (dropped connection, 5xx) is raised so that the caller can look
         for what the call may have created before trying again.
         """
-        attempt = 0
-        while True:
-            try:
-                async with self._limiter:
-                    data = form() if form is not None else None
-                    body = msgspec.json.encode(json) if json is not None else None
-                    req_headers = dict(headers or {})
-                    if body is not None:
-                        req_headers.setdefault("content-type", "application/json")
-                    async with self.session.request(
-                        method, self.url(path), params=params, data=body if body is not None else data,
-                        headers=req_headers,
-                    ) as resp:
-                        payload = await resp.read()
-                        response = Response(status=resp.status, headers=dict(resp.headers), body=payload)
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                error: ProviderError = ConnectionFailedError(self.redact(f"{method} {path}: {exc!r}"))
-                if not idempotent and not isinstance(exc, aiohttp.ClientConnectorError):
-                    raise error from None
-                delay = self.retry.backoff(attempt)
-            else:
-                if response.status < 400:
-                    return response
-                error = self.error_for(method, path, response)
-                hinted = self._retry_delay(response, attempt)
-                if hinted is None or (not idempotent and response.status != 429):
-                    raise error
-                delay = hinted
-            if attempt >= self.retry.max_retries:
-                raise error
-            log.debug("retrying %s %s in %.2fs after %s", method, path, delay, error)
-            attempt += 1
-            await anyio.sleep(delay)
+        body = msgspec.json.encode(json) if json is not None else None
+        req_headers = dict(headers or {})
+        if body is not None:
+            req_headers.setdefault("content-type", "application/json")
+
+        async def attempt() -> Response:
+            async with self._limiter:
+                data = body if body is not None else form() if form is not None else None
+                async with self.session.request(
+                    method, self.url(path), params=params, data=data, headers=req_headers
+                ) as resp:
+                    response = Response(status=resp.status, headers=resp.headers, body=await resp.read())
+            if response.status >= 400:
+                raise _Answered(response)
+            return response
+
+        return await self._with_retries(method, path, attempt, idempotent=idempotent)
 
     async def lines(
         self, path: str, *, headers: Mapping[str, str] | None = None
@@ -191,8 +234,8 @@ class HttpClient:
         therefore be safe to do again when it starts over. Close it in the task that iterates it
         (``contextlib.aclosing``): it holds a response and one of the client's connection slots.
         """
-        async with self._limiter, contextlib.AsyncExitStack() as stack:
-            resp = await self._get_body(stack, path, headers)
+        async with contextlib.AsyncExitStack() as stack:
+            resp = await self._open_body(stack, path, headers)
             size = number = 0
             partial: list[bytes] = []  # pieces of a line that has not ended yet (a long line is joined once)
             try:
@@ -208,66 +251,124 @@ class HttpClient:
                         number += 1
                         if line.strip():
                             yield number, line
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                raise ConnectionFailedError(self.redact(f"GET {path}: {exc!r}")) from None
+            except _CONNECTION_ERRORS as exc:
+                raise ConnectionFailedError(self.redact(f"GET {self._shown(path)}: {_describe(exc)}")) from None
             expected = resp.content_length
             if expected is not None and size != expected:
-                raise ConnectionFailedError(f"GET {path}: body cut at {size} of {expected} bytes")
+                raise ConnectionFailedError(f"GET {self._shown(path)}: body cut at {size} of {expected} bytes")
             if (last := b"".join(partial)).strip():
                 yield number + 1, last
 
-    async def _get_body(
+    async def first_line(self, path: str, *, headers: Mapping[str, str] | None = None) -> bytes | None:
+        """The first non-blank line of a body (None when it has none), reading no further than that line:
+        with the retries and the connection limit of every other call."""
+        lines = self.lines(path, headers=headers)
+        async with contextlib.aclosing(lines):
+            async for _, line in lines:
+                return line
+        return None
+
+    async def _open_body(
         self, stack: contextlib.AsyncExitStack, path: str, headers: Mapping[str, str] | None
     ) -> aiohttp.ClientResponse:
-        """A successful GET whose body is still to be read (closed with ``stack``). Error answers and failed
-        connections are retried as for ``request``; nothing of a body has been handed out before that."""
-        attempt = 0
-        while True:
-            try:
-                resp = await stack.enter_async_context(
+        """A successful GET whose body is still to be read, holding a connection slot (both released with
+        ``stack``). Error answers and failed connections are retried as for ``request``; nothing of a body
+        has been handed out before that."""
+
+        async def attempt() -> aiohttp.ClientResponse:
+            async with contextlib.AsyncExitStack() as this_try:
+                await this_try.enter_async_context(self._limiter)
+                resp = await this_try.enter_async_context(
                     self.session.get(self.url(path), headers=headers, timeout=self._stream_timeout)
                 )
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                error: ProviderError = ConnectionFailedError(self.redact(f"GET {path}: {exc!r}"))
-                delay = self.retry.backoff(attempt)
+                if resp.status >= 400:
+                    raise _Answered(Response(status=resp.status, headers=resp.headers, body=await resp.read()))
+                stack.push_async_exit(this_try.pop_all())  # the caller's now: released when it is done
+                return resp
+
+        return await self._with_retries("GET", path, attempt, idempotent=True)
+
+    async def _with_retries(
+        self, method: str, path: str, attempt: Callable[[], Awaitable[T]], *, idempotent: bool
+    ) -> T:
+        """Run ``attempt`` until it succeeds, the failure is final, or the policy's bounds are reached."""
+        policy = self.retry
+        deadline = time.monotonic() + policy.max_elapsed
+        tries = 0
+        while True:
+            tries += 1
+            failure: Response | str  # the error answer, or what went wrong with the connection
+            try:
+                return await attempt()
+            except _Answered as answered:
+                failure = answered.response
+                plan = self._plan(failure, tries - 1, idempotent)
+                if isinstance(plan, str):
+                    raise self.error_for(method, path, failure, detail=plan) from None
+                why = f"HTTP {failure.status}"
+            except _CONNECTION_ERRORS as exc:
+                failure = f"{method} {self._shown(path)}: {_describe(exc)}"
+                if not idempotent and not isinstance(exc, aiohttp.ClientConnectorError):
+                    raise ConnectionFailedError(self.redact(failure)) from None
+                plan = _Wait(policy.backoff(tries - 1))
+                why = type(exc).__name__
+            if tries > policy.max_retries:
+                raise self._failed(method, path, failure, f" (gave up after {tries} tries)") from None
+            if time.monotonic() + plan.seconds > deadline:
+                asked = f"the server asked to wait {plan.seconds:g}s ({plan.hint} header); " if plan.hint else ""
+                raise self._failed(method, path, failure, f" (gave up after {tries} tries: {asked}waiting longer "
+                                   f"would pass RetryPolicy.max_elapsed={policy.max_elapsed:g}s)") from None
+            if plan.hint:
+                log.info("%s %s: %s; waiting %.1fs as the server asked (%s header), then try %d of at most %d",
+                         method, self._shown(path), why, plan.seconds, plan.hint, tries + 1, policy.max_retries + 1)
             else:
-                if resp.status < 400:
-                    return resp
-                response = Response(status=resp.status, headers=dict(resp.headers), body=await resp.read())
-                error = self.error_for("GET", path, response)
-                hinted = self._retry_delay(response, attempt)
-                if hinted is None:
-                    raise error
-                delay = hinted
-            if attempt >= self.retry.max_retries:
-                raise error
-            log.debug("retrying GET %s in %.2fs after %s", path, delay, error)
-            attempt += 1
-            await anyio.sleep(delay)
+                log.debug("%s %s: %s; trying again in %.2fs", method, self._shown(path), why, plan.seconds)
+            await anyio.sleep(plan.seconds)
+
+    def _failed(self, method: str, path: str, failure: Response | str, detail: str) -> ProviderError:
+        """The error a call ends with when it is given up: ``detail`` says why."""
+        if isinstance(failure, Response):
+            return self.error_for(method, path, failure, detail=detail)
+        return ConnectionFailedError(self.redact(failure + detail))
+
+    def _plan(self, response: Response, attempt: int, idempotent: bool) -> _Wait | str:
+        """When to try an answered call again, or (a string) why not: empty when the answer is simply final."""
+        policy = self.retry
+        should = _header(response.headers, "x-should-retry")
+        if should == "false":
+            return ""
+        if response.status == 429:
+            _, code, etype = _parse_error_envelope(response.body)
+            if code in PERMANENT_429_CODES or etype in PERMANENT_429_CODES:
+                return " (not retried: the account is out of quota; waiting does not help)"
+        elif should != "true" and response.status not in RETRYABLE_STATUS:
+            return ""
+        if not idempotent and response.status != 429:
+            return ""  # the call may have done its work: the caller looks before trying again
+        hint = _wait_hint(response.headers)
+        if hint is None or hint[0] == 0:
+            return _Wait(policy.backoff(attempt))
+        seconds, header = hint
+        if seconds > policy.max_retry_after:
+            return (f" (not retried: the server asked to wait {seconds:g}s ({header} header), longer than "
+                    f"RetryPolicy.max_retry_after={policy.max_retry_after:g}s)")
+        return _Wait(seconds, header)
 
     # --- errors ------------------------------------------------------------------------------------------
 
-    def _retry_delay(self, response: Response, attempt: int) -> float | None:
-        should = response.headers.get("x-should-retry")
-        if should == "false":
-            return None
-        if should != "true" and response.status not in RETRYABLE_STATUS:
-            return None
-        hinted = parse_retry_after(response.headers)
-        if hinted is not None:
-            return hinted if hinted <= self.retry.max_retry_after else None
-        return self.retry.backoff(attempt)
-
-    def error_for(self, method: str, path: str, response: Response) -> ProviderError:
-        """Build the typed error for a >= 400 response from the provider's error envelope."""
+    def error_for(self, method: str, path: str, response: Response, *, detail: str = "") -> ProviderError:
+        """Build the typed error for a >= 400 response from the provider's error envelope; ``detail`` is added
+        to its message (why it was not retried)."""
         message, code, etype = _parse_error_envelope(response.body)
-        request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-        text = self.redact(f"{method} {path}: {message}")
+        request_id = _header(response.headers, "x-request-id") or _header(response.headers, "request-id")
+        text = self.redact(f"{method} {self._shown(path)}: {message}{detail}")
         status = response.status
         # every string the provider sent back is scrubbed: a server (or proxy) may echo what it was sent
         code, etype, request_id = (self.redact(v) if v is not None else None for v in (code, etype, request_id))
         kwargs: dict[str, Any] = {"status": status, "code": code, "type": etype, "request_id": request_id}
         if status == 429:
+            if code in PERMANENT_429_CODES or etype in PERMANENT_429_CODES:
+                return QuotaExceededError(text, **kwargs)
             return RateLimitedError(text, retry_after=parse_retry_after(response.headers), **kwargs)
         if status in RETRYABLE_STATUS:
             return TransientError(text, **kwargs)
@@ -278,6 +379,20 @@ class HttpClient:
         if 400 <= status < 500:
             return BadRequestError(text, **kwargs)
         return TransientError(text, **kwargs)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value whatever the case of its name (aiohttp's mapping ignores case already; a dict does not)."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    """A connection failure in words (``str`` of a timeout is empty; ``repr`` of aiohttp's errors is noisy)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _ErrorDetail(msgspec.Struct):
