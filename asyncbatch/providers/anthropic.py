@@ -22,13 +22,12 @@ from collections.abc import AsyncGenerator, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import aiohttp
 import anyio
 import msgspec
 from msgspec import Meta
 
-from ..errors import BadRequestError, ConnectionFailedError, ProviderError, ValidationError
-from ..http import CHUNK, Response, RetryPolicy
+from ..errors import BadRequestError, ProviderError, ValidationError
+from ..http import Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
 from ._http import HttpProvider, spooled_array
 from ._tokens import FIND_MARGIN, provider_horizon, shard_prefix, token_wire_id
@@ -361,26 +360,14 @@ class AnthropicProvider(HttpProvider):
     async def _first_wire_id(self, batch: _MessageBatch) -> str | None:
         """The custom_id on the first results line, reading no further than that line; None when the
         results are gone (archived), since a batch we cannot ingest is not worth adopting."""
-        http = self._client()
-        path = self._results_path(batch)
-        head = b""
         try:
-            async with http.session.get(http.url(path)) as resp:
-                if resp.status in (404, 410):
-                    return None
-                if resp.status >= 400:
-                    body = await resp.read()
-                    raise http.error_for(
-                        "GET", path, Response(status=resp.status, headers=resp.headers, body=body)
-                    )
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    head += chunk
-                    if b"\n" in chunk:
-                        break
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ConnectionFailedError(http.redact(f"GET {path}: {exc!r}")) from None
+            head = await self._client().first_line(self._results_path(batch))
+        except ProviderError as exc:
+            if exc.status in (404, 410):
+                return None
+            raise
         try:
-            return msgspec.json.decode(head.split(b"\n", 1)[0], type=_ResultId).custom_id
+            return msgspec.json.decode(head, type=_ResultId).custom_id if head else None
         except msgspec.DecodeError:
             return None
 

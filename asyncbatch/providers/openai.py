@@ -17,10 +17,9 @@ from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
-import anyio
 import msgspec
 
-from ..errors import NotFoundError, ProviderError, RateLimitedError, TransientError, ValidationError
+from ..errors import NotFoundError, ProviderError, ValidationError
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from ._http import HttpProvider
@@ -418,37 +417,24 @@ class OpenAIProvider(HttpProvider):
         return self._path(f"/files/{file_id}")
 
     async def create(self, shard: ShardInfo, file_id: str | None) -> RemoteBatch:
-        """Create the batch, at most once per token.
+        """Create the batch over the uploaded file, with the shard's token in its metadata.
 
-        OpenAI has no idempotency key, so a create whose reply was lost (dropped connection, 5xx) may or may
-        not have made a batch: before trying again we look for it by token instead of making a second one.
+        OpenAI has no idempotency key, so only failures that surely created nothing are retried here
+        (``idempotent=False``: connection refused, 429). After an ambiguous one (a dropped connection, a 5xx)
+        the batch may exist: the error goes up, and the engine looks for it by token (:meth:`find`) before
+        any new create.
         """
         if file_id is None:
             raise ValueError(f"{self.name} batches are created from an uploaded file")
-        http = self._client()
         body = _CreateBatch(
             input_file_id=file_id,
             endpoint=self._wire_endpoint(shard.endpoint),
             completion_window=shard.completion_window,
             metadata={**shard.metadata, TOKEN_KEY: shard.token},
         )
-        attempt = 0
-        while True:
-            try:
-                response = await http.request("POST", self._path("/batches"), json=body, idempotent=False)
-            except RateLimitedError:
-                raise  # HttpClient already waited as told; the request surely created nothing
-            except TransientError:
-                found = await self.find(shard)
-                if found is not None:
-                    return found
-                if attempt >= http.retry.max_retries:
-                    raise
-                await anyio.sleep(http.retry.backoff(attempt))
-                attempt += 1
-            else:
-                envelope = msgspec.json.decode(response.body, type=_CreateEnvelope)
-                return self._normalise(envelope.job or msgspec.json.decode(response.body, type=_Batch))
+        response = await self._client().request("POST", self._path("/batches"), json=body, idempotent=False)
+        envelope = msgspec.json.decode(response.body, type=_CreateEnvelope)
+        return self._normalise(envelope.job or msgspec.json.decode(response.body, type=_Batch))
 
     async def find(self, shard: ShardInfo, exclude: Collection[str] = ()) -> RemoteBatch | None:
         """The batch whose metadata carries the shard's token, searching newest first.

@@ -590,6 +590,43 @@ async def test_find_adopts_a_lost_create_and_verifies_ended_ones(
     assert len(emu.ledger.batches_created()) == 1
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        FaultSpec(rate_429=1.0, retry_after=0.05, max_faults=2),
+        FaultSpec(rate_503=1.0, max_faults=2),
+        FaultSpec(drop_rate=1.0, max_faults=1),
+    ],
+)
+async def test_find_verifies_an_ended_batch_through_the_http_layers_retries(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, fault: FaultSpec
+) -> None:
+    """Reading the first results line to verify a candidate is a call like any other: retried on 429 (as the
+    server asks), 503 and dropped connections, instead of failing the reconciliation at the first fault."""
+    shard = write_shard(provider, spool_dir, [chat("a", "one")])
+    created = await until_ended(provider, await provider.create(shard))
+    emu.config.faults = {"anthropic_results": fault}
+    found = await provider.find(shard)
+    assert found is not None and (found.id, found.token) == (created.id, shard.token)
+    assert len(emu.ledger.faults) == fault.max_faults
+
+
+async def test_find_skips_an_ended_batch_whose_results_are_gone(
+    emu: Emulator, provider: AnthropicProvider, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider, "visibility_grace", 0.0)
+    shard = write_shard(provider, spool_dir, [chat("a", "one")])
+    batch = await until_ended(provider, await provider.create(shard))
+    assert await provider.find(shard) is not None
+    emu.config.results_ttl = 60
+    emu.clock.advance(120)  # past the results' lifetime: they answer 404 or 410 now
+    with pytest.raises(ProviderError) as gone:
+        async for _ in provider.results(batch, spool_dir):
+            pass
+    assert gone.value.status in (404, 410)
+    assert await provider.find(shard) is None
+
+
 async def test_a_running_batch_of_the_same_size_is_waited_for_only_when_made_as_the_create_began(
     emu: Emulator, provider: AnthropicProvider, spool_dir: Path
 ) -> None:

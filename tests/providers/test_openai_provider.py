@@ -16,7 +16,13 @@ from aiohttp import web
 from openai_support import FAST_RETRY, chat, json_handler, stub_host, until_ended, write_shard
 
 from asyncbatch.emulator import Emulator, FaultSpec
-from asyncbatch.errors import AuthenticationError, ConnectionFailedError, ValidationError
+from asyncbatch.errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    ProviderError,
+    TransientError,
+    ValidationError,
+)
 from asyncbatch.http import HttpClient, RetryPolicy
 from asyncbatch.model import BatchStatus, Outcome, Request, ShardInfo, Usage
 from asyncbatch.providers.base import Provider, RemoteBatch, ResultLine
@@ -609,17 +615,34 @@ async def test_find_recovers_a_lost_create(emu: Emulator, provider: OpenAIProvid
     assert await provider.find(absent) is None
 
 
-async def test_dropped_create_reply_does_not_create_twice(
-    emu: Emulator, provider: OpenAIProvider, spool_dir: Path
+@pytest.mark.parametrize(
+    ("fault", "error", "created"),
+    [
+        (FaultSpec(rate_500=1.0, max_faults=1), TransientError, 0),
+        (FaultSpec(rate_503=1.0, max_faults=1), TransientError, 0),
+        (FaultSpec(drop_rate=1.0, max_faults=1), ConnectionFailedError, 0),
+        (FaultSpec(drop_after_create_rate=1.0, max_faults=1), ConnectionFailedError, 1),
+    ],
+)
+async def test_ambiguous_create_failures_are_raised_once_and_find_tells_what_exists(
+    emu: Emulator, provider: OpenAIProvider, spool_dir: Path, fault: FaultSpec, error: type[ProviderError],
+    created: int,
 ) -> None:
-    """The batch is created but the reply is lost: create() finds it by token instead of making another."""
+    """After a 5xx or a dropped connection the batch may exist: create() tries once and raises (retryable), and
+    the engine's find() by token says whether it does, so that no second batch is made for the shard."""
     shard = write_shard(provider, spool_dir, [chat("a", "hi")])
     file_id = await provider.upload(shard)
-    emu.config.faults = {"batches_create": FaultSpec(drop_after_create_rate=1.0, max_faults=1)}
-    batch = await provider.create(shard, file_id)
-    (record,) = emu.ledger.batches_created()
-    assert batch.id == record.id and batch.token == shard.token
-    assert [f.kind for f in emu.ledger.faults] == ["drop_after_create"]
+    emu.config.faults = {"batches_create": fault}
+    with pytest.raises(error) as info:
+        await provider.create(shard, file_id)
+    assert info.value.retryable and len(emu.ledger.faults) == 1  # one try only
+    assert len(emu.ledger.batches_created()) == created
+    found = await provider.find(shard)
+    if created:
+        (record,) = emu.ledger.batches_created()
+        assert found is not None and (found.id, found.token) == (record.id, shard.token)
+    else:
+        assert found is None
 
 
 async def test_rate_limits_honour_retry_after(
@@ -644,7 +667,7 @@ async def test_server_error_storm(emu: Emulator, spool_dir: Path, workdir: Path)
     """5xx all over (and twice on create): the run completes with one batch and the right results."""
     emu.config.faults = {
         "*": FaultSpec(rate_500=0.3, rate_503=0.3, max_faults=12),
-        "batches_create": FaultSpec(rate_500=1.0, max_faults=2),
+        "batches_create": FaultSpec(),  # create is not retried on a 5xx: see the test above
     }
     retry = RetryPolicy(max_retries=12, base_delay=0.005, max_delay=0.02)
     async with OpenAIProvider(api_key=KEY, base_url=emu.openai_base_url, retry=retry) as provider:
@@ -653,7 +676,6 @@ async def test_server_error_storm(emu: Emulator, spool_dir: Path, workdir: Path)
     assert {k: r.outcome for k, r in results.items()} == {r.custom_id: _expected(r) for r in MIXED}
     assert len(emu.ledger.batches_created()) == 1
     faults = Counter((f.group, f.kind) for f in emu.ledger.faults)
-    assert faults[("batches_create", "500")] == 2
     assert {kind for _, kind in faults} == {"500", "503"} and faults.total() >= 6
 
 
@@ -666,17 +688,12 @@ async def test_dropped_connections(
 ) -> None:
     emu.config.faults = {
         group: FaultSpec(drop_rate=1.0, max_faults=2)
-        for group in ("files_upload", "batches_create", "batches_read", "files_content")
+        for group in ("files_upload", "batches_read", "files_content")  # create: not retried, see above
     }
     batch = await _run(provider, write_shard(provider, spool_dir, MIXED))
     results = await _collect(provider, batch, workdir)
     assert len(results) == 5 and len(emu.ledger.batches_created()) == 1
-    assert Counter(f.group for f in emu.ledger.faults) == {
-        "files_upload": 2,
-        "batches_create": 2,
-        "batches_read": 2,
-        "files_content": 2,
-    }
+    assert Counter(f.group for f in emu.ledger.faults) == {"files_upload": 2, "batches_read": 2, "files_content": 2}
 
 
 async def test_a_cut_download_ends_in_a_retryable_error_after_whole_lines_only(
