@@ -23,6 +23,7 @@ __all__ = [
     "poll_intervals",
     "positive",
     "redact_url",
+    "shown_url",
     "url_secrets",
     "whole_number",
 ]
@@ -92,6 +93,12 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+def shown_url(url: str) -> str:
+    """``url`` in full when it carries no credential, else :func:`redact_url` of it (for a base URL recorded
+    by a version that did not refuse them)."""
+    return redact_url(url) if url_secrets(url) else url
+
+
 def redact_url(url: str) -> str:
     """``url`` as it may be shown: scheme, host and port only. User info, path and query are left out
     (``/…`` marks a path): a webhook receiver's secret is often its path (Slack, Discord), a base URL's its
@@ -109,14 +116,15 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{userinfo}{host}{port}{rest}" if parts.scheme else "(not a URL)"
 
 
-def check_url(url: str, *, field: str) -> str:
+def check_url(url: str, *, field: str, credentials: bool = False) -> str:
     """``url`` if it is an http(s) URL that carries no credential; else a ValidationError naming ``field`` that
-    shows the URL redacted. Keys belong in ``api_key=`` or the provider's environment variable: a URL is
-    stored with each job and shown by ``status`` and ``list``."""
+    shows the URL redacted. Keys belong in ``api_key=`` or the provider's environment variable: a base URL is
+    stored with each job and shown by ``status`` and ``list``. ``credentials=True`` lets them through (a
+    webhook receiver may need them; its URL is never stored, and only shown redacted)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValidationError(f"must be an http:// or https:// URL, got {redact_url(url)}", field=field)
-    if url_secrets(url):
+    if not credentials and url_secrets(url):
         raise ValidationError(
             f"{redact_url(url)} carries credentials (user info or a key in the query); pass the key with "
             "api_key= or the provider's environment variable, never in a URL",

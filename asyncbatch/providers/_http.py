@@ -9,6 +9,7 @@ from typing import Self
 
 import anyio
 
+from ..checks import check_url
 from ..errors import AuthenticationError, NotFoundError
 from ..http import HttpClient, RetryPolicy
 
@@ -16,14 +17,15 @@ from ..http import HttpClient, RetryPolicy
 class HttpProvider:
     """Base of the providers that talk HTTP. The key is checked at the first network call, not at
     construction, so a provider can be built (say, to show a stored job's status) without one; it lives
-    only in the client's headers and redaction list."""
+    only in the client's headers and redaction list. A base URL carrying credentials is refused here, before
+    any job records it (``check_url``)."""
 
     api_key_env: str = ""
 
     def __init__(
         self, *, base_url: str, api_key: str | None, retry: RetryPolicy | None, max_connections: int, timeout: float
     ) -> None:
-        self.base_url = base_url
+        self.base_url = check_url(base_url, field="base_url")
         self._api_key = api_key or None
         self._retry = retry
         self._max_connections = max_connections
