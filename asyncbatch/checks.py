@@ -21,6 +21,7 @@ __all__ = [
     "max_attempts",
     "non_negative",
     "poll_intervals",
+    "port",
     "positive",
     "redact_url",
     "shown_url",
@@ -62,6 +63,13 @@ def max_attempts(value: int, name: str = "max_attempts") -> int:
     """Attempts per request: 1 to 50 (more only pays for the same failure again)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 50:
         raise ValidationError(f"must be a whole number from 1 to 50, got {value!r}", field=name)
+    return value
+
+
+def port(value: int, name: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValidationError(f"must be a port number from 0 to 65535, got {value!r}", field=name)
     return value
 
 

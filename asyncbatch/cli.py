@@ -10,8 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import checks
+from .errors import ValidationError
 
 if TYPE_CHECKING:
     from .manager import BatchManager
@@ -21,6 +25,41 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DB_ENV = "ASYNCBATCH_DB"
+
+T = TypeVar("T")
+
+
+def _checked(parse: Callable[[str], T], check: Callable[[T, str], object], what: str) -> Callable[[str], T]:
+    """An argparse type: the option's text parsed, then checked (``asyncbatch.checks``). A bad value is refused
+    while parsing, naming the option, with exit status 2."""
+
+    def convert(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            check(value, "")
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(exc.reason) from None
+        return value
+
+    convert.__name__ = what  # argparse names the type in some messages
+    return convert
+
+
+def _url(text: str, *, credentials: bool) -> str:
+    """A URL option; its text is never echoed (it may hold a key), only its redacted form."""
+    try:
+        return checks.check_url(text, field="", credentials=credentials)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
+_seconds = _checked(float, checks.positive, "a number of seconds")
+_count = _checked(int, checks.whole_number, "a whole number")
+_attempts = _checked(int, checks.max_attempts, "a whole number")
+_port = _checked(int, checks.port, "a port number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,47 +87,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE.jsonl")
     p.add_argument("--provider", default="openai", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"one of {providers} (default: openai)")
-    p.add_argument("--base-url", help="provider base URL (default: from the environment, else the public API)")
+    p.add_argument("--base-url", type=partial(_url, credentials=False),
+                   help="provider base URL (default: from the environment, else the public API); never with a "
+                        "key in it: keys come from the environment")
     p.add_argument("--api-key-env", metavar="NAME",
                    help="read the provider's key from environment variable NAME (recorded with the job, the key "
                         "never is; default: the provider's own variable, such as OPENAI_API_KEY)")
     p.add_argument("--endpoint", help="every line must be for this endpoint (default: any, mixed allowed)")
     p.add_argument("--completion-window", default="24h")
     p.add_argument("--metadata", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--max-attempts", type=_attempts, default=3, help="attempts per request, 1 to 50")
     p.add_argument("--job-id", help="choose the job id (default: generated)")
 
     p = with_db(sub.add_parser("run", aliases=["wait"],
                                help="drive unfinished jobs (or the named ones) to the end, resuming; `wait JOB` "
                                     "is the same for one job"))
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
-    p.add_argument("--max-poll-interval", type=float, default=300.0)
-    p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
-    p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
-    p.add_argument("--ingest-chunk", type=int,
+    p.add_argument("--poll-interval", type=_seconds, default=5.0,
+                   help="shortest interval between polls of a batch (seconds, above 0)")
+    p.add_argument("--max-poll-interval", type=_seconds, default=300.0,
+                   help="longest interval between polls (not below --poll-interval)")
+    p.add_argument("--max-requests-per-batch", type=_count, help="shard below this many requests per batch")
+    p.add_argument("--max-bytes-per-batch", type=_count, help="shard below this many bytes per batch")
+    p.add_argument("--ingest-chunk", type=_count,
                    help="results committed per transaction, at most (default: the engine's 10,000; "
                         "16 MiB of result bodies also ends one)")
-    p.add_argument("--lease-seconds", type=float, default=60.0,
+    p.add_argument("--lease-seconds", type=_seconds, default=60.0,
                    help="how long another process waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
-    p.add_argument("--base-url", help="send the jobs' batches not yet created to this base URL from now on "
-                                      "(repoints their default provider, e.g. after a wrong one at submit)")
+    p.add_argument("--base-url", type=partial(_url, credentials=False),
+                   help="send the jobs' batches not yet created to this base URL from now on (repoints their "
+                        "default provider, e.g. after a wrong one at submit); never with a key in it")
     p.add_argument("--api-key-env", metavar="NAME", help="from now on, read the jobs' key from variable NAME")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress on stderr (default: when stderr is a terminal)")
 
     p = with_db(sub.add_parser("worker", help="run every job of the store, and every job submitted later, until "
                                               "SIGTERM/SIGINT (a long-running worker; start several on one store)"))
-    p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
-    p.add_argument("--max-poll-interval", type=float, default=300.0)
-    p.add_argument("--lease-seconds", type=float, default=60.0,
+    p.add_argument("--poll-interval", type=_seconds, default=5.0,
+                   help="shortest interval between polls of a batch (seconds, above 0)")
+    p.add_argument("--max-poll-interval", type=_seconds, default=300.0,
+                   help="longest interval between polls (not below --poll-interval)")
+    p.add_argument("--lease-seconds", type=_seconds, default=60.0,
                    help="how long another worker waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
-    p.add_argument("--max-requests-per-batch", type=int, help="shard below this many requests per batch")
-    p.add_argument("--max-bytes-per-batch", type=int, help="shard below this many bytes per batch")
-    p.add_argument("--max-jobs", type=int, help="drive at most this many jobs at once (default: all)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--max-requests-per-batch", type=_count, help="shard below this many requests per batch")
+    p.add_argument("--max-bytes-per-batch", type=_count, help="shard below this many bytes per batch")
+    p.add_argument("--max-jobs", type=_count, help="drive at most this many jobs at once (default: all)")
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (and /healthz)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
 
@@ -102,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_db(sub.add_parser("watch", help="follow a job run by any process: live progress, or its events"))
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--events", action="store_true", help="print each event as a JSON line on stdout")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between reads of the store")
-    p.add_argument("--webhook", metavar="URL", help="POST every event to URL (see --webhook-events)")
+    p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between reads of the store")
+    p.add_argument("--webhook", metavar="URL", type=partial(_url, credentials=True),
+                   help="POST every event to URL (see --webhook-events); tried a few times per event, and a "
+                        "delivery that still fails stops the watch (run it again to resume)")
     p.add_argument("--webhook-events", nargs="*", metavar="TYPE",
                    help="event types to POST (default: all), e.g. JobFinished")
     p.add_argument("--webhook-secret-env", metavar="VAR",
@@ -130,13 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     emulator_cli.configure_parser(emulator)
 
     p = sub.add_parser("demo", help="a real job on the built-in emulator: no key, no network")
-    p.add_argument("--requests", type=int, default=1200)
+    p.add_argument("--requests", type=_count, default=1200)
     p.add_argument("--dir", type=Path, default=Path("demo-output"), help="where the store and results go")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "wait", "worker") and args.max_poll_interval < args.poll_interval:
+        parser.error(f"argument --max-poll-interval: must not be below --poll-interval ({args.poll_interval:g}), "
+                     f"got {args.max_poll_interval:g}")
     _configure_logging(args.verbose)
     if "db" in args:
         try:
@@ -305,7 +357,7 @@ async def _status(args: argparse.Namespace) -> int:
         shards = await bm.shards(args.job_id)
         strays = len(await bm.orphans(args.job_id))
     if args.json:
-        payload = msgspec.to_builtins(job)
+        payload = _shown_job(job)
         payload["orphans"] = strays
         payload["batches"] = [
             {"id": s.batch_id, "status": s.batch_status, "phase": s.phase, "requests": s.request_count,
@@ -328,6 +380,18 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown_job(job: Any) -> dict[str, Any]:
+    """A job as JSON to print, its base URLs shown redacted when they carry credentials (a store written before
+    they were refused may hold one)."""
+    import msgspec
+
+    payload: dict[str, Any] = msgspec.to_builtins(job)
+    for holder in (payload, *payload.get("routes", {}).values()):
+        if holder.get("base_url"):
+            holder["base_url"] = checks.shown_url(holder["base_url"])
+    return payload
+
+
 def _strays(count: int) -> str:
     """The report of result lines the provider returned for custom_ids the job does not have."""
     return (f"{count} result lines for custom_ids this job does not know were kept aside "
@@ -340,7 +404,8 @@ async def _list(args: argparse.Namespace) -> int:
     async with _manager(args) as bm:
         jobs = await bm.list_jobs()
     if args.json:
-        print(msgspec.json.encode(jobs).decode())
+        payload = [_shown_job(job) for job in jobs]
+        print(msgspec.json.encode(payload).decode())
         return 0
     for job in jobs:
         c = job.counts
