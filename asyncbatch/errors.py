@@ -155,6 +155,19 @@ class QuotaExceededError(ProviderError):
     """
 
 
+class WebhookError(ProviderError):
+    """A webhook receiver refused a delivery, or kept failing it through the retries. The message names the
+    event, the receiver's answer and its URL redacted (scheme, host and port); ``status`` is the answer's."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, type: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        # the message already holds the receiver's answer: no "HTTP nnn:" prefix
+        super().__init__(message, code=code, type=type, request_id=request_id)
+        self.status = status
+
+
 # --- store -----------------------------------------------------------------------------------------------
 
 
