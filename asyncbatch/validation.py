@@ -9,6 +9,7 @@ name (``anthropic/claude-...`` is sent as ``claude-...``). Sharding happens late
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
@@ -102,7 +103,7 @@ class Validator:
             raise JSONLError(f"malformed JSON: {exc}", line=number) from None
         except RecursionError:
             raise JSONLError(_TOO_DEEP, line=number) from None
-        return self._validate(number, parsed)
+        return self._validate(number, parsed, raw)
 
     def from_request(self, number: int, item: Request | Mapping[str, Any]) -> NewRequest:
         if not isinstance(item, Request | Mapping):
@@ -125,8 +126,10 @@ class Validator:
             raise ValidationError(_TOO_DEEP, line=number) from None
         return self._validate(number, parsed)
 
-    def _validate(self, number: int, line: _InputLine) -> NewRequest:
-        """Runs once per request: the common case (an ASCII custom_id, a valid body) takes no slow path."""
+    def _validate(self, number: int, line: _InputLine, raw: bytes | None = None) -> NewRequest:
+        """Runs once per request: the common case (an ASCII custom_id, a valid body) takes no slow path.
+
+        ``raw`` is the line as read from a file, checked for repeated keys (a mapping cannot hold any)."""
         custom_id = line.custom_id
         if custom_id is None:
             raise ValidationError("custom_id is missing", line=number, field="custom_id")
@@ -170,11 +173,16 @@ class Validator:
             raise _invalid(number, custom_id, "body", _TOO_DEEP) from None
         if not isinstance(body, dict):
             raise _invalid(number, custom_id, "body", f"body must be a JSON object, got {type(body).__name__}")
+        if raw is not None and _keys_may_repeat(raw, line, body):
+            _refuse_repeated_keys(number, raw, custom_id)
         assert url is not None
-        route, provider = self._route(body.get("model"))
+        model = body.get("model")
+        route, provider = self._route(model)
         if route.model is not None:
-            body["model"] = route.model
+            model = body["model"] = route.model
             body_bytes = msgspec.json.encode(body)
+        if isinstance(model, str) and (not model or model.isspace()):  # also what is left after a provider prefix
+            raise _invalid(number, custom_id, "body.model", "model is empty")
         request = Request(custom_id=custom_id, body=body, url=url)
         try:
             provider.check(request)
@@ -209,6 +217,61 @@ class ContentDigest:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+def _keys_may_repeat(raw: bytes, line: _InputLine, body: dict[str, Any]) -> bool:
+    """False when no object in the line repeats a key, told without a second parse of it.
+
+    Outside strings, JSON has a colon after each key and nowhere else; inside them a colon stays a colon,
+    unless written ``\\u003a``. Decoding keeps one value per key, so the decoded line has as many colons as
+    the raw one exactly when no key repeats, and fewer when one does. The decoded side is counted on the body
+    encoded again, plus the top-level keys and their values' colons. Lines with a ``\\u003a`` (rare) answer
+    True, and the caller parses them exactly.
+    """
+    if b"\\" in raw and b"\\u003" in raw:
+        return True
+    method, url = line.method or "", line.url or ""
+    kept = 2 + (line.method is not None) + (line.url is not None)  # custom_id, body (or params), method, url
+    kept += (line.custom_id or "").count(":") + method.count(":") + url.count(":")
+    return raw.count(b":") != kept + msgspec.json.encode(body).count(b":")
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as ``json.loads`` read it: its keys in order, a repeated one kept."""
+
+
+def _refuse_repeated_keys(number: int, raw: bytes, custom_id: str) -> None:
+    """Parse the line keeping every key, and refuse it if an object repeats one (naming where): which of the
+    values counts would depend on the parser, ours or the provider's."""
+    try:
+        found = _repeated_key(json.loads(raw, object_pairs_hook=_Pairs), "")
+    except RecursionError:
+        raise JSONLError(_TOO_DEEP, line=number) from None
+    if found is None:
+        return
+    where, key = found
+    field = f"{where}.{key}" if where else key
+    raise JSONLError(f"the key {key!r} appears twice in one object; which value counts would depend on the "
+                     "parser, so the line is ambiguous", line=number,
+                     custom_id=None if field == "custom_id" else custom_id, field=field)
+
+
+def _repeated_key(value: Any, path: str) -> tuple[str, str] | None:
+    """(path of the object, key) of the first object in ``value`` that repeats a key, depth first."""
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, _ in value:
+            if key in seen:
+                return path, key
+            seen.add(key)
+        for key, item in value:
+            if found := _repeated_key(item, f"{path}.{key}" if path else key):
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _repeated_key(item, f"{path}[{i}]"):
+                return found
+    return None
 
 
 def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -32,6 +32,9 @@ than one rejected before anything is stored. The rules:
 * Silently dropped, because they change neither the model's input nor its sampling: ``seed`` (OpenAI's
   determinism is best effort anyway), ``store``, ``metadata``, ``service_tier``, ``prompt_cache_key``,
   ``prompt_cache_retention``, ``stream_options``, ``prediction``, image ``detail``.
+* Tool calls and results must pair up: each call answered by ``tool`` messages right after its assistant
+  message, each ``tool`` message answering an open call of the one just before (Claude and OpenAI both
+  reject anything else, each request on its own, when the batch runs).
 * Shape rules Claude enforces and OpenAI does not: blank text parts are dropped, and a message left with no
   content is a ValidationError; a final assistant turn is a prefill (Claude continues it rather than writing
   a new turn) and loses its trailing whitespace, which Claude rejects; tool call ids must match
@@ -238,12 +241,48 @@ def _conversation(messages: Sequence[AnyMessage]) -> tuple[list[str], list[Turn]
             turns[-1][1].extend(blocks)
         else:
             turns.append((role, blocks))
+    _check_tool_answers(messages)  # after the messages' own checks, which name a narrower field
     if not turns:
         raise ValidationError("at least one user or assistant message is needed", field="body.messages")
     role, blocks = turns[-1]
     if role == "assistant" and isinstance(blocks[-1], TextBlock):
         blocks[-1] = TextBlock(text=blocks[-1].text.rstrip())
     return system, [Turn(role=role, content=_collapse(blocks)) for role, blocks in turns]
+
+
+def _check_tool_answers(messages: Sequence[AnyMessage]) -> None:
+    """Tool calls and results must pair up as a conversation: every call of an assistant message answered by
+    ``tool`` messages right after it (before any other user or assistant message, and before the end), every
+    ``tool`` message answering an open call of the assistant message just before. Anthropic rejects anything
+    else (a ``tool_result`` needs its ``tool_use`` in the previous turn, a ``tool_use`` its result in the next),
+    hours later, request by request; OpenAI too. System messages may stand between (they go to ``system``)."""
+    open_calls: dict[str, int] = {}  # id -> index of its call in the last assistant message, until answered
+    opened_at = 0  # that assistant message's index
+    for i, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            if open_calls.pop(message.tool_call_id, None) is None:
+                raise ValidationError(
+                    f"tool result for {message.tool_call_id!r} answers no tool call of the assistant message "
+                    "just before it", field=f"body.messages[{i}].tool_call_id",
+                )
+        elif not isinstance(message, SystemMessage):
+            if open_calls:
+                call_id, j = next(iter(open_calls.items()))
+                raise ValidationError(
+                    f"tool call {call_id!r} is not answered (by a tool message) before message {i}",
+                    field=f"body.messages[{opened_at}].tool_calls[{j}].id",
+                )
+            if isinstance(message, AssistantMessage) and message.tool_calls:
+                open_calls = {call.id: j for j, call in enumerate(message.tool_calls)}
+                opened_at = i
+                if len(open_calls) < len(message.tool_calls):
+                    raise ValidationError("tool call ids must differ", field=f"body.messages[{i}].tool_calls")
+    if open_calls:
+        call_id, j = next(iter(open_calls.items()))
+        raise ValidationError(
+            f"tool call {call_id!r} is never answered (the conversation ends before its tool message)",
+            field=f"body.messages[{opened_at}].tool_calls[{j}].id",
+        )
 
 
 def _collapse(blocks: list[Block]) -> str | list[Block]:

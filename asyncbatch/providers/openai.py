@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import AsyncGenerator, Collection, Mapping
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlsplit
@@ -59,6 +60,15 @@ MODEL_REQUIRED = frozenset(
         "/v1/audio/translations",
     }
 )
+
+#: The field without which a request to an endpoint cannot run (the rest is checked by the provider when it
+#: runs); chat's ``messages`` is checked apart (a non-empty list of objects).
+REQUIRED_INPUT = {
+    "/v1/embeddings": "input",
+    "/v1/moderations": "input",
+    "/v1/completions": "prompt",
+}
+CHAT_URL = "/v1/chat/completions"
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -314,13 +324,20 @@ class OpenAIProvider(HttpProvider):
             raise ValidationError(
                 f"{self.name} batches do not run {request.url!r} (supported: {supported})", field="url"
             )
-        model = request.body.get("model")
+        body = request.body
+        model = body.get("model")
         if model is None and request.url in MODEL_REQUIRED:
             raise ValidationError(f"{request.url} needs a model", field="body.model")
         if model is not None and not isinstance(model, str):
             raise ValidationError("model must be a string", field="body.model")
-        if request.body.get("stream") not in (None, False):
+        if body.get("stream") not in (None, False):
             raise ValidationError("streaming is not available in batches", field="body.stream")
+        if request.url == CHAT_URL:
+            messages = body.get("messages")
+            if not (messages and isinstance(messages, list) and all(map(isinstance, messages, repeat(dict)))):
+                raise ValidationError("messages must be a non-empty list of message objects", field="body.messages")
+        elif (required := REQUIRED_INPUT.get(request.url)) is not None and _empty(body.get(required)):
+            raise ValidationError(f"{request.url} needs a non-empty {required!r}", field=f"body.{required}")
 
     def check_job_options(self, completion_window: str, metadata: Mapping[str, str]) -> None:
         """Validate job options before anything is stored; the token pair we add counts against the 16."""
@@ -530,6 +547,11 @@ class OpenAIProvider(HttpProvider):
             model=summary.model if summary else None,
             line_id=line.id,
         )
+
+
+def _empty(value: Any) -> bool:
+    """Missing, null, or an empty string, list or object: nothing for the endpoint to work on."""
+    return value is None or (isinstance(value, str | list | dict) and not value)
 
 
 def _next_page(page: _BatchPage) -> dict[str, str] | None:

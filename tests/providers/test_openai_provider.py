@@ -90,6 +90,18 @@ def test_azure_endpoint_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         (Request(custom_id="a", url="/v1/embeddings", body={"input": "x"}), "body.model"),
         (Request(custom_id="a", body={"model": 4, "messages": []}), "body.model"),
         (Request(custom_id="a", body={"model": "m", "messages": [], "stream": True}), "body.stream"),
+        (Request(custom_id="a", body={"model": "m"}), "body.messages"),
+        (Request(custom_id="a", body={"model": "m", "messages": None}), "body.messages"),
+        (Request(custom_id="a", body={"model": "m", "messages": []}), "body.messages"),
+        (Request(custom_id="a", body={"model": "m", "messages": "hi"}), "body.messages"),
+        (Request(custom_id="a", body={"model": "m", "messages": {"role": "user"}}), "body.messages"),
+        (Request(custom_id="a", body={"model": "m", "messages": [{"role": "user", "content": "x"}, "y"]}),
+         "body.messages"),
+        (Request(custom_id="a", url="/v1/embeddings", body={"model": "m"}), "body.input"),
+        (Request(custom_id="a", url="/v1/embeddings", body={"model": "m", "input": ""}), "body.input"),
+        (Request(custom_id="a", url="/v1/embeddings", body={"model": "m", "input": None}), "body.input"),
+        (Request(custom_id="a", url="/v1/moderations", body={}), "body.input"),
+        (Request(custom_id="a", url="/v1/completions", body={"model": "m"}), "body.prompt"),
     ],
 )
 def test_check_rejects(request_: Request, field: str) -> None:
@@ -101,7 +113,9 @@ def test_check_rejects(request_: Request, field: str) -> None:
 def test_check_accepts() -> None:
     provider = OpenAIProvider()
     provider.check(chat("a", "hi"))
-    provider.check(Request(custom_id="b", body={"model": "m", "messages": [], "stream": False}))
+    provider.check(Request(custom_id="b", body={"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                "stream": False}))
+    provider.check(Request(custom_id="e", url="/v1/embeddings", body={"model": "m", "input": [1, 2]}))  # tokens
     provider.check(Request(custom_id="c", url="/v1/moderations", body={"input": "text"}))  # model optional
     provider.check(Request(custom_id="d", url="/v1/responses", body={"model": "m", "input": "x"}))
     assert provider.model_of(chat("a", "hi", model="gpt-x")) == "gpt-x"

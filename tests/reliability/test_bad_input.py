@@ -59,6 +59,31 @@ def anthropic(name: str, bad: bytes, field: str, error: type[Exception] = Unsupp
     return Case(name, bad, field=field, error=error, provider="anthropic")
 
 
+def tools(*messages: dict[str, Any]) -> bytes:
+    """An Anthropic job's chat line whose conversation is ``messages`` (tool exchanges), with its tool."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    return chat(messages=[{"role": "user", "content": "hi"}, *messages], tools=[tool])
+
+
+def calls(*ids: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": i, "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in ids]}
+
+
+def result(call_id: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": "42"}
+
+
+def twice(key: bytes, where: bytes = b"") -> bytes:
+    """A line with ``key`` given twice, with two values, in the object that starts at ``where`` (the line's own
+    by default): the first value is the line's own with ``-2`` appended, the second the line's own."""
+    data = line()
+    start = data.index(where) + len(where) if where else 0
+    head, _, tail = data[start:].partition(b'"' + key + b'": ')
+    other = tail[:tail.index(b",")][:-1] + b'-2"'
+    return data[:start] + head + b'"' + key + b'": ' + other + b', "' + key + b'": ' + tail
+
+
 OK1, OK3 = line("ok-1"), line("ok-3")
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
@@ -114,6 +139,27 @@ CASES = [
     Case("body without model", line(body={"messages": []}), field="body.model"),
     Case("model not a string", line(body={"model": 4, "messages": []}), field="body.model"),
     Case("stream in a batch", chat("openai", stream=True), field="body.stream"),
+    Case("model empty", chat("openai", model=""), field="body.model"),
+    Case("model blank", chat("openai", model="  "), field="body.model"),
+    Case("chat body without messages", line(body={"model": "m"}), field="body.messages"),
+    Case("messages not a list", chat("openai", messages="hi"), field="body.messages"),
+    Case("messages empty", chat("openai", messages=[]), field="body.messages"),
+    Case("a message that is not an object", chat("openai", messages=["hi"]), field="body.messages"),
+    Case("embeddings without input", line(url="/v1/embeddings", body={"model": "m"}), field="body.input"),
+    Case("embeddings with an empty input", line(url="/v1/embeddings", body={"model": "m", "input": []}),
+         field="body.input"),
+    Case("moderation without input", line(url="/v1/moderations", body={"model": "m"}), field="body.input"),
+    # --- a key given twice: which value counts depends on the parser
+    Case("custom_id twice", twice(b"custom_id"), field="custom_id", error=JSONLError),
+    Case("url twice", twice(b"url"), field="url", error=JSONLError),
+    Case("model twice in the body", twice(b"model", b'"body": '), field="body.model", error=JSONLError),
+    Case("role twice in a message", twice(b"role", b'"messages": ['), field="body.messages[0].role",
+         error=JSONLError),
+    Case("model twice, spaced before the colon", twice(b"model", b'"body": ').replace(b'"model": ', b'"model" : '),
+         field="body.model", error=JSONLError),
+    Case("model twice, once spelled with escapes", twice(b"model", b'"body": ').replace(b'"model": "g',
+                                                                                       b'"mod\\u0065l": "g', 1),
+         field="body.model", error=JSONLError),
     # --- mixed providers' formats
     # (a claude-* model routes to Anthropic, where a native line is valid; another model stays with OpenAI)
     Case("Anthropic native line for an OpenAI model",
@@ -135,6 +181,22 @@ CASES = [
               ValidationError),
     anthropic("native params without max_tokens",
               json.dumps({"custom_id": "n", "params": CLAUDE_CHAT}).encode(), "body.max_tokens", ValidationError),
+    anthropic("native params with model twice", json.dumps(
+        {"custom_id": "n", "params": {**CLAUDE_CHAT, "max_tokens": 5}}).encode().replace(
+        b'"model": ', b'"model": "claude-x", "model": ', 1), "params.model", JSONLError),
+    anthropic("tool result with no tool call before it", tools(result("call_1")), "body.messages[1].tool_call_id",
+              ValidationError),
+    anthropic("tool call unanswered before the next user turn", tools(calls("call_1"), {"role": "user",
+              "content": "and?"}), "body.messages[1].tool_calls[0].id", ValidationError),
+    anthropic("one of two tool calls unanswered", tools(calls("call_1", "call_2"), result("call_1"),
+              {"role": "user", "content": "and?"}), "body.messages[1].tool_calls[1].id", ValidationError),
+    anthropic("tool result after the next assistant turn", tools(calls("call_1"), result("call_1"),
+              {"role": "assistant", "content": "ok"}, result("call_1")), "body.messages[4].tool_call_id",
+              ValidationError),
+    anthropic("tool call never answered", tools(calls("call_1")), "body.messages[1].tool_calls[0].id",
+              ValidationError),
+    anthropic("tool call ids repeated", tools(calls("call_1", "call_1"), result("call_1")),
+              "body.messages[1].tool_calls", ValidationError),
     anthropic("native params streaming",
               json.dumps({"custom_id": "n", "params": {**CLAUDE_CHAT, "max_tokens": 5, "stream": True}}).encode(),
               "body.stream", ValidationError),

@@ -156,6 +156,61 @@ def test_a_valid_line_is_stored_exactly_as_given(custom_id: str, text: str, mode
     assert request.size >= len(body)
 
 
+# Objects as lists of (key, value) pairs, keys from a small alphabet so that some repeat; strings full of the
+# characters the repeated-key check counts (quotes, colons, escapes of both, spaces).
+tricky_text = st.text(alphabet='ab":\\ \u00e9', max_size=8)
+pair_keys = st.sampled_from(["a", "b", "mod\"el", "k:", ":", "\u00e9"])
+pair_values = st.recursive(
+    st.one_of(st.integers(-5, 5), tricky_text, st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=3).map(tuple),
+                            st.lists(st.tuples(pair_keys, inner), max_size=3)),
+    max_leaves=8,
+)
+
+
+def encode_pairs(value: Any, colon: str, comma: str, escapes: bool) -> str:
+    """JSON text of ``value``, where a list is an object's pairs (repeats kept) and a tuple an array; with
+    ``escapes``, non-ASCII text and every colon inside a string are written as ``\\u`` escapes."""
+    if isinstance(value, list):
+        return "{" + comma.join(encode_pairs(k, colon, comma, escapes) + colon + encode_pairs(v, colon, comma,
+                                escapes) for k, v in value) + "}"
+    if isinstance(value, tuple):
+        return "[" + comma.join(encode_pairs(v, colon, comma, escapes) for v in value) + "]"
+    text = json.dumps(value, ensure_ascii=escapes)
+    return text.replace(":", "\\u003a") if escapes and isinstance(value, str) else text
+
+
+def repeats(value: Any) -> bool:
+    if isinstance(value, list):
+        keys = [k for k, _ in value]
+        return len(set(keys)) < len(keys) or any(repeats(v) for _, v in value)
+    return isinstance(value, tuple) and any(repeats(v) for v in value)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(pair_keys, pair_values), max_size=4), st.sampled_from([":", ": ", " :", "\t: "]),
+       st.sampled_from([",", ", "]), st.booleans(), st.sampled_from(["", "custom_id", "url"]))
+def test_a_key_given_twice_anywhere_is_refused_and_only_then(
+    extra: list[tuple[str, Any]], colon: str, comma: str, escapes: bool, top_twice: str
+) -> None:
+    body = [("model", "gpt-5.4-mini"), ("input", "hi"), *extra]
+    top: list[tuple[str, Any]] = [("custom_id", "c"), ("method", "POST"), ("url", "/v1/responses")]
+    if top_twice:
+        top.insert(0, (top_twice, dict(top)[top_twice]))
+    line = encode_pairs([*top, ("body", body)], colon, comma, escapes).encode()
+    expected = repeats(body) or bool(top_twice)
+    try:
+        Validator(OPENAI, None).from_line(1, line)
+        refused = False
+    except JSONLError as exc:
+        refused = "appears twice" in exc.reason
+        assert refused or not expected, exc
+    except ValidationError:
+        refused = False  # refused for something else (a non-string value where one is needed): fine
+    event(f"repeated: {expected}")
+    assert refused == expected, line
+
+
 # --- the planner -----------------------------------------------------------------------------------------
 
 stored_requests = st.lists(st.tuples(st.sampled_from(["openai", "anthropic"]),
