@@ -26,6 +26,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DB_ENV = "ASYNCBATCH_DB"
 
+#: The commands that only read the store.
+READING_COMMANDS = frozenset({"status", "list", "watch", "cost", "results"})
+
 T = TypeVar("T")
 
 
@@ -258,9 +261,14 @@ def _existing_store(url: str) -> str:
 
 
 def _manager(args: argparse.Namespace, **options: Any) -> BatchManager:
+    """The manager of an existing store; a SQLite one is opened read-only for the commands that only read it
+    (so they work on a read-only mount or another user's readable file, and change nothing)."""
     from .manager import BatchManager
+    from .store import is_postgres_url, open_store
 
-    return BatchManager(_existing_store(args.db), **options)
+    url = _existing_store(args.db)
+    reading = {"read_only": True} if args.command in READING_COMMANDS and not is_postgres_url(url) else {}
+    return BatchManager(open_store(url, **reading), **options)
 
 
 async def _submit(args: argparse.Namespace) -> int:

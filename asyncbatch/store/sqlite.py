@@ -13,6 +13,7 @@ import operator
 import os
 import sqlite3
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -57,6 +58,10 @@ from ..model import (
 from .sql import SCHEMA_VERSION, migrations, queries, schema, statements
 
 _Q = queries("sqlite")
+#: ``PRAGMA application_id`` of an asyncbatch job store ("abst"), so that no other application's file is taken
+#: for one. Stores made before it have 0 and are known by their tables.
+APPLICATION_ID = 0x61627374
+STORE_TABLES = frozenset({"jobs", "requests", "shards", "shard_members", "results"})
 CACHE_KIB = 8 * 1024
 PAGE_SIZE = 16 * 1024
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
@@ -72,38 +77,56 @@ class SQLiteStore:
 
     The store's clock (lease expiry) is this machine's: a SQLite file is only ever shared by processes of one
     machine.
+
+    ``read_only=True`` opens the file as it is, for commands that only read: it works on a read-only mount and
+    on another user's readable file, converts nothing and creates nothing (a write raises ``StoreError``).
+    Either way, a SQLite file of another application is refused before anything touches it: stores carry
+    ``PRAGMA application_id`` :data:`APPLICATION_ID`, older ones (0) are recognised by their tables.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 60.0, read_only: bool = False) -> None:
         self.path = str(path)
         self.url = self.path
+        self.read_only = read_only
         self._busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r})"
+        return f"SQLiteStore({self.path!r}{', read_only=True' if self.read_only else ''})"
 
     # --- connection ----------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._db is not None:
             return
-        if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from the first byte
-            except OSError as exc:
-                raise StoreError(self._os_problem(exc)) from exc
-            os.close(fd)
-        try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(self._problem(exc)) from exc
+        memory = self.path == ":memory:"
+        if not memory:
+            await self._refuse_foreign()
+        if self.read_only and not memory:
+            db = await self._connect_read_only()
+        else:
+            if not memory:
+                try:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # owner-only from the first byte
+                except OSError as exc:
+                    raise StoreError(self._os_problem(exc)) from exc
+                os.close(fd)
+            db = await self._connect(self.path)
         self._db = db
         try:
-            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            await self._check_version(db)  # before anything writes: a newer store is left untouched
+            # before anything writes: another application's file, or a newer store, is left untouched
+            stamped = await self._check_identity(db)
+            version = await self._check_version(db)
+            if self.read_only:
+                await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # as below
+                if version == 0:
+                    raise StoreError(f"job store {self.path} is empty: no job was ever submitted to it")
+                if version < SCHEMA_VERSION:
+                    raise StoreError(f"job store {self.path} was written by an older asyncbatch (schema version "
+                                     f"{version}); a command that writes (run) upgrades it, then it can be read")
+                return
             # A new store gets 16 KiB pages (an existing one keeps its own: this is then a no-op): result rows
             # of about 1 KB fill 4 KiB pages four at a time, and every page is a WAL frame written at commit.
             # Measured on 50,000 results: inserting, settling and committing take half the time.
@@ -112,20 +135,98 @@ class SQLiteStore:
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             # Throughput, not durability (still WAL + NORMAL): an 8 MiB page cache keeps an ingest chunk's hot
-            # pages (2 MiB spilled them to the WAL mid-transaction and read them back; 16 MiB was no faster),
-            # and a checkpoint every 64 MiB of WAL instead of every 4 MiB (each rewrites pages and syncs).
-            # Both are bounded: memory stays flat whatever the job size.
+            # pages (2 MiB spilled them to the WAL mid-transaction and read them back; 16 MiB was no faster). Set
+            # after the page size: set before it, the same setting held 16 MB more at the peak of a submit.
             await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            # A checkpoint every 64 MiB of WAL instead of every 4 MiB (each rewrites pages and syncs); bounded, so
+            # memory stays flat whatever the job size.
             async with db.execute("PRAGMA page_size") as cur:
                 page_size = (await cur.fetchone() or (PAGE_SIZE,))[0]
             await db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
-            await self._migrate(db)
+            await self._migrate(db, version, stamped)
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(self._problem(exc)) from exc
         except BaseException:
             await self.close()
             raise
+
+    async def _connect(self, database: str, *, uri: bool = False) -> aiosqlite.Connection:
+        try:
+            db = await aiosqlite.connect(database, uri=uri, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(self._problem(exc)) from exc
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def _connect_read_only(self) -> aiosqlite.Connection:
+        """A read-only connection (``mode=ro``: no file, table or WAL conversion is made).
+
+        Reading a WAL store needs its ``-shm`` index, which SQLite makes next to the file. Where it cannot (a
+        read-only mount, another user's directory) and no write-ahead log holds changes, the file can only be
+        changed by someone who could also make that index: it is read as immutable.
+        """
+        if not os.path.exists(self.path):
+            raise StoreError(f"no job store at {self.path}")
+        uri = "file:" + urllib.request.pathname2url(os.path.abspath(self.path)) + "?mode=ro"
+        db = await self._connect(uri, uri=True)
+        try:
+            await (await db.execute("PRAGMA schema_version")).close()  # the first read opens the WAL index
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            wal = Path(self.path + "-wal")
+            if not (
+                isinstance(exc, sqlite3.OperationalError)
+                and exc.sqlite_errorname.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY"))
+                and not (wal.exists() and wal.stat().st_size)
+            ):
+                raise StoreError(self._problem(exc)) from exc
+            return await self._connect(uri + "&immutable=1", uri=True)
+        return db
+
+    async def _refuse_foreign(self) -> None:
+        """Look at an existing file as immutable (SQLite then creates nothing beside it, not even the index of a
+        WAL file) and refuse it if another application made it. A file that cannot be read so is left to the
+        real connection to report; its identity is checked again there."""
+        if not os.path.exists(self.path) or not os.path.getsize(self.path):
+            return
+        uri = "file:" + urllib.request.pathname2url(os.path.abspath(self.path)) + "?mode=ro&immutable=1"
+        try:
+            peek = await aiosqlite.connect(uri, uri=True)
+        except sqlite3.Error:
+            return
+        try:
+            await self._check_identity(peek)
+        except sqlite3.Error:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await peek.close()
+
+    async def _check_identity(self, db: aiosqlite.Connection) -> bool:
+        """Refuse a SQLite file of another application; True when the store must be stamped as ours (an empty
+        file, or a store from before ``application_id``)."""
+        async with db.execute("PRAGMA application_id") as cur:
+            app_id = int((await cur.fetchone() or (0,))[0])
+        if app_id == APPLICATION_ID:
+            return False
+        if app_id == 0:
+            async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+                tables = {str(name) for (name,) in await cur.fetchall()}
+            if not tables or tables >= STORE_TABLES:
+                return True
+            what = f"its tables are {', '.join(sorted(tables)[:6])}{', ...' if len(tables) > 6 else ''}"
+        else:
+            what = f"its application_id is {app_id:#010x}"
+        raise StoreError(f"{self.path} is a SQLite file of another application, not an asyncbatch job store "
+                         f"({what}); it was left untouched")
 
     async def _check_version(self, db: aiosqlite.Connection) -> int:
         async with db.execute("PRAGMA user_version") as cur:
@@ -138,15 +239,17 @@ class SQLiteStore:
             )
         return version
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
+    async def _migrate(self, db: aiosqlite.Connection, version: int, stamp: bool) -> None:
         """Make a new store from the newest schema, or bring an older one up to it, one version per
-        transaction (a crash leaves it at some version, never between two)."""
-        version = await self._check_version(db)
-        if version == SCHEMA_VERSION:
-            return
-        async with db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'") as cur:
-            fresh = not (await cur.fetchone() or (0,))[0]
-        steps = [(SCHEMA_VERSION, schema("sqlite"))] if fresh else migrations("sqlite", version)
+        transaction (a crash leaves it at some version, never between two), marking it as an asyncbatch store
+        (``application_id``) on the way, or alone when only the mark is missing."""
+        steps: list[tuple[int, str]] = []
+        if version < SCHEMA_VERSION:
+            async with db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'") as cur:
+                fresh = not (await cur.fetchone() or (0,))[0]
+            steps = [(SCHEMA_VERSION, schema("sqlite"))] if fresh else migrations("sqlite", version)
+        elif stamp:
+            steps = [(SCHEMA_VERSION, "")]
         for target, script in steps:
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -154,6 +257,7 @@ class SQLiteStore:
                     for statement in statements(script):
                         await db.execute(statement)
                     await db.execute(f"PRAGMA user_version = {target}")
+                await db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 await db.execute("COMMIT")
             except BaseException:
                 with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
