@@ -72,6 +72,11 @@ _STATES = {state.value: state for state in RequestState}  # a dict lookup; Reque
 _routes = msgspec.json.Decoder(dict[str, ProviderSpec])
 
 
+def _file_id(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 class SQLiteStore:
     """Durable store of jobs, requests, shards and results in one SQLite file (``":memory:"`` works too).
 
@@ -91,6 +96,7 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened, see _check_file
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}{', read_only=True' if self.read_only else ''})"
@@ -119,6 +125,8 @@ class SQLiteStore:
             # before anything writes: another application's file, or a newer store, is left untouched
             stamped = await self._check_identity(db)
             version = await self._check_version(db)
+            if not memory:
+                self._file_id = _file_id(self.path)
             if self.read_only:
                 await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # as below
                 if version == 0:
@@ -286,6 +294,7 @@ class SQLiteStore:
                 raise StoreError(self._problem(exc)) from exc
             try:
                 yield db
+                self._check_file()
                 with anyio.CancelScope(shield=True):
                     await db.execute("COMMIT")
             except BaseException as exc:
@@ -297,6 +306,22 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(self._problem(exc)) from exc
                 raise
+
+    def _check_file(self) -> None:
+        """The file at ``path`` must still be the one opened: a store deleted or replaced under a running
+        process would take every commit that follows into a file nobody can open again (paid results lost) while
+        reporting success. One ``stat`` per transaction tells."""
+        if self._file_id is None:
+            return
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._file_id:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreError(f"job store {self.path} was {what} while this process was using it; stopping "
+                             "before recording anything more where nobody could read it (restore the file and "
+                             "run again)")
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._lock:

@@ -3,7 +3,8 @@
 Reading commands (``status``, ``list``, ``results``, ``cost``, ``watch``) open the store read-only: they work on
 another user's readable file (run here as user ``nobody`` in a forked process) and on a read-only mount (the
 immutable attribute on the file and its directory), and change nothing. Any command pointed at another
-application's SQLite file refuses it and leaves its bytes as they were.
+application's SQLite file refuses it and leaves its bytes as they were. A store deleted or replaced under a
+running process stops it with an error instead of success reported into a file nobody can open.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from asyncbatch import BatchManager, StoreError
 from asyncbatch.cli import main as cli_main
+from asyncbatch.emulator import EmulatorConfig, run_emulator
 from asyncbatch.store import SQLiteStore
 from asyncbatch.store.sqlite import APPLICATION_ID
 from tests.helpers import chat_line, write_jsonl
-from tests.reliability.support import RUN_ARGS, CliResult, cli, cli_env
+from tests.reliability.support import RUN_ARGS, CliResult, cli, cli_env, drain, spawn, stop, until
 
 NOBODY = 65534
 READING = (("list",), ("status", "{job}", "--json"), ("cost", "{job}"), ("results", "{job}", "-o", "{out}"))
@@ -240,3 +243,48 @@ async def test_reading_what_is_not_there_says_so(tmp_path: Path) -> None:
     text.write_text("not a database, but long enough to have a header of one" * 10)
     done = await cli("list", "--db", str(text))
     assert done.code == 1 and "is damaged or not an asyncbatch job store" in done.err
+
+
+# --- a store deleted or replaced under a running process ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "moved away"])
+async def test_a_store_deleted_or_replaced_while_running_stops_run_with_an_error(tmp_path: Path, how: str) -> None:
+    db = tmp_path / "jobs.db"
+    async with run_emulator(EmulatorConfig(complete_after=1.0), data_dir=tmp_path / "emu") as emu:
+        source = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(20)])
+        done = await cli("submit", str(source), "--db", str(db), "--base-url", emu.openai_base_url)
+        assert done.code == 0, done.err
+        proc = await spawn("run", "--db", str(db), *RUN_ARGS, "--lease-seconds", "0.6")
+        try:
+            await until(lambda: emu.ledger.totals().batches >= 1, within=30)  # the run is under way
+            if how == "deleted":
+                db.unlink()
+            elif how == "replaced":
+                copy = tmp_path / "copy.db"
+                shutil.copy(db, copy)
+                copy.replace(db)  # a restored backup: another file at the same path
+            else:
+                db.rename(tmp_path / "elsewhere.db")
+            with anyio.fail_after(30):
+                code = await proc.wait()
+            _, err = await drain(proc)
+        finally:
+            await stop(proc)
+    assert code == 1, err
+    assert f"job store {db} was {'deleted' if how != 'replaced' else 'replaced by another file'}" in err, err
+    assert "done:" not in err
+
+
+async def test_a_transaction_after_the_file_is_gone_fails_and_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        db.unlink()
+        with pytest.raises(StoreError, match="was deleted while this process was using it"):
+            await store.acknowledge("job_x", ["a"])
+        rows = await store._read("SELECT count(*) FROM jobs")
+        assert rows[0][0] == 0
+    finally:
+        await store.close()
