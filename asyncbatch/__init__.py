@@ -19,6 +19,7 @@ from .errors import (
     TransientError,
     UnsupportedFeatureError,
     ValidationError,
+    WebhookError,
 )
 from .model import (
     BatchStatus,
@@ -165,6 +166,7 @@ __all__ = [
     "UnsupportedFeatureError",
     "Usage",
     "ValidationError",
+    "WebhookError",
     "__version__",
     "abatch_completion",
     "abatch_completion_cancel",
