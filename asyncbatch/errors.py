@@ -144,7 +144,12 @@ class RateLimitedError(TransientError):
 
 
 class ConnectionFailedError(TransientError):
-    """The connection failed, was dropped, or timed out before a full response arrived."""
+    """The connection failed, was dropped, or timed out before a full response arrived. ``reached`` is False
+    when no connection could be made at all (nothing listening, no such host): likely a wrong base URL."""
+
+    def __init__(self, message: str, *, reached: bool = True, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.reached = reached
 
 
 class QuotaExceededError(ProviderError):

@@ -11,6 +11,7 @@ from every message that leaves this module.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.utils
 import logging
 import math
@@ -34,10 +35,16 @@ from .errors import (
     RateLimitedError,
     TransientError,
 )
+from .metrics import HTTP_ERRORS
 
 log = logging.getLogger("asyncbatch.http")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Told of every wait of this layer that a server asked for or that follows a failed connection, with its
+#: length and reason, while the wait begins (the engine notes it on the shard, so a progress line says
+#: "waiting: ..." instead of "in flight"). A context variable: set by the task that makes the calls.
+WAITING: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = contextvars.ContextVar(
+    "asyncbatch_http_waiting", default=None)
 #: Error codes of a 429 that say "out of quota", not "slow down" (OpenAI's ``insufficient_quota``, reference §4.1).
 PERMANENT_429_CODES = frozenset({"insufficient_quota"})
 CHUNK = 1 << 16
@@ -73,9 +80,13 @@ class RetryPolicy(msgspec.Struct, kw_only=True, frozen=True):
     max_delay: float = 8.0
     max_retry_after: float = 300.0
     max_elapsed: float = 900.0
+    #: Tries of a call that cannot even connect (nothing listening, no such host): said within seconds, and the
+    #: caller (the engine) decides how long to go on, instead of this layer going on for a minute.
+    unreachable_tries: int = 3
 
     def __post_init__(self) -> None:
         whole_number(self.max_retries, "max_retries", minimum=0)
+        whole_number(self.unreachable_tries, "unreachable_tries", minimum=1)
         for name in ("base_delay", "max_delay", "max_retry_after"):
             non_negative(getattr(self, name), name)
         positive(self.max_elapsed, "max_elapsed")
@@ -143,8 +154,10 @@ class HttpClient:
         max_connections: int = 32,
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
+        name: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name  # the provider's, for metrics
         self._headers = dict(headers)
         # the longest first, so that a secret holding another is scrubbed whole
         self._secrets = sorted({s for s in (*secrets, *url_secrets(base_url)) if s}, key=len, reverse=True)
@@ -302,14 +315,24 @@ class HttpClient:
                 return await attempt()
             except _Answered as answered:
                 failure = answered.response
+                HTTP_ERRORS.labels(self.name, str(failure.status)).inc()
                 plan = self._plan(failure, tries - 1, idempotent)
                 if isinstance(plan, str):
                     raise self.error_for(method, path, failure, detail=plan) from None
                 why = f"HTTP {failure.status}"
             except _CONNECTION_ERRORS as exc:
-                failure = f"{method} {self._shown(path)}: {_describe(exc)}"
-                if not idempotent and not isinstance(exc, aiohttp.ClientConnectorError):
+                HTTP_ERRORS.labels(self.name, "connection").inc()
+                reached = not isinstance(exc, aiohttp.ClientConnectorError)  # no connection could be made at all
+                if reached:
+                    failure = f"{method} {self._shown(path)}: {_describe(exc)}"
+                else:
+                    where = redact_url(self.base_url)  # scheme, host and port: what cannot be reached
+                    failure = f"{method} {self._shown(path)}: cannot reach {where}: {_describe(exc)}"
+                if not idempotent and reached:
                     raise ConnectionFailedError(self.redact(failure)) from None
+                if not reached and tries >= policy.unreachable_tries:
+                    raise ConnectionFailedError(self.redact(f"{failure} (gave up after {tries} tries)"),
+                                                reached=False) from None
                 plan = _Wait(policy.backoff(tries - 1))
                 why = type(exc).__name__
             if tries > policy.max_retries:
@@ -323,6 +346,9 @@ class HttpClient:
                          method, self._shown(path), why, plan.seconds, plan.hint, tries + 1, policy.max_retries + 1)
             else:
                 log.debug("%s %s: %s; trying again in %.2fs", method, self._shown(path), why, plan.seconds)
+            told = WAITING.get()
+            if told is not None and (plan.hint or plan.seconds >= 1.0):
+                await told(plan.seconds, f"{why}{f' ({plan.hint})' if plan.hint else ''}")
             await anyio.sleep(plan.seconds)
 
     def _failed(self, method: str, path: str, failure: Response | str, detail: str) -> ProviderError:

@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from .checks import check_url
 from .cost import job_cost, unknown_models
 from .engine import Engine, EngineConfig, ProviderPool, RetryStrategy, Router
 from .engine.pool import KeyResolver, env_key, spec_of
@@ -323,6 +324,8 @@ class BatchManager:
         """Send a stored job's batches not created yet to another base URL, or read its key from another
         variable, from now on: after a wrong base URL at submit (the job keeps what it recorded until told).
         ``route`` is one of the job's providers (default: its default one)."""
+        if base_url is not None:
+            check_url(base_url, field="base_url")  # a key in the URL would be stored: refused
         job = await self.store.get_job(job_id, with_counts=False)
         name = route if route is not None else job.provider
         spec = job.spec(name)

@@ -33,7 +33,7 @@ from .http import HttpClient, RetryPolicy
 
 EventCallback = Callable[[AnyEvent], Awaitable[None] | None]
 #: Bounded: about 25 s of backoff (0.5 s doubling to 8 s), then the delivery has failed.
-WEBHOOK_RETRY = RetryPolicy(max_retries=6, max_elapsed=60.0, max_retry_after=30.0)
+WEBHOOK_RETRY = RetryPolicy(max_retries=6, max_elapsed=60.0, max_retry_after=30.0, unreachable_tries=7)
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:

@@ -15,7 +15,7 @@ import time
 import anyio
 import msgspec
 
-from ..errors import ProviderError
+from ..errors import ConnectionFailedError, ProviderError, RateLimitedError
 from ..model import BatchError, BatchStatus, Outcome, RemoteBatch, RequestState, ResultLine, Settlement
 
 
@@ -135,12 +135,19 @@ def _describe(batch: RemoteBatch) -> tuple[str, str]:
     return f"batch_{batch.status.value}", f"the batch ended {batch.status.value} without a result for this request"
 
 
+#: How long ``run`` goes on trying a provider it could never connect to (nothing listening, no such host: a
+#: wrong base URL, most likely), however long ``give_up_after`` is.
+UNREACHABLE_GIVE_UP = 120.0
+
+
 class StepRetry:
     """Paces one shard step that keeps failing after the HTTP layer's retries (the provider unreachable, 5xx).
 
-    Waits grow from ``base`` to ``cap`` seconds, jittered. With ``give_up_after`` set (``run``), a streak of
-    failures longer than that re-raises the last error, so that ``run`` can report the shard and finish the rest;
-    without (``serve``), the step is tried for as long as the worker lives. A success ends the streak.
+    Waits grow from ``base`` to ``cap`` seconds, jittered, and are never shorter than a rate limit's
+    ``retry_after``. With ``give_up_after`` set (``run``), a streak of failures longer than that (or than
+    ``UNREACHABLE_GIVE_UP`` while nothing could be reached) re-raises the last error, so that ``run`` can report
+    the shard and finish the rest; without (``serve``), the step is tried for as long as the worker lives. A
+    success ends the streak.
     """
 
     def __init__(self, *, give_up_after: float | None, base: float = 1.0, cap: float = 60.0) -> None:
@@ -157,9 +164,14 @@ class StepRetry:
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        if self.give_up_after is not None and now - self._since >= self.give_up_after:
+        bound = self.give_up_after
+        if bound is not None and isinstance(exc, ConnectionFailedError) and not exc.reached:
+            bound = min(bound, UNREACHABLE_GIVE_UP)
+        if bound is not None and now - self._since >= bound:
             raise exc
         delay = min(self.base * 2.0**self._attempt, self.cap) * (0.75 + random.random() / 2)
+        if isinstance(exc, RateLimitedError) and exc.retry_after:
+            delay = max(delay, exc.retry_after)  # as the server asked, when the HTTP layer gave the call up
         self._attempt += 1
         await anyio.sleep(delay)
 

@@ -22,6 +22,7 @@ import msgspec
 from ..errors import BadRequestError, BatchClaimedError, NotFoundError, ProviderError, StoreError
 from ..events import BatchCreated, BatchStatusChanged, EventBus, ResultsIngested
 from ..failpoints import failpoint
+from ..http import WAITING
 from ..jsonl import SpoolWriter
 from ..metrics import POLLS
 from ..model import (
@@ -84,6 +85,7 @@ class ShardRunner:
         self._lease_renewed = time.monotonic()
 
     async def drive(self) -> None:
+        WAITING.set(self._waiting)  # this task's HTTP waits are noted on the shard, for status displays
         while True:
             shard = await self.store.get_shard(self.lease.shard_id)
             phase = shard.phase
@@ -116,6 +118,10 @@ class ShardRunner:
         if time.monotonic() - self._lease_renewed > self.config.lease_seconds / 3:
             await self.store.renew_lease(self.lease, self.config.lease_seconds)
             self._lease_renewed = time.monotonic()
+
+    async def _waiting(self, seconds: float, why: str) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.shard_note(self.lease, f"{why}: trying again in {seconds:.0f}s")
 
     async def _failed(self, exc: ProviderError) -> None:
         """A provider call failed even after the HTTP layer's retries: note it, wait, keep the lease."""

@@ -69,6 +69,7 @@ class HttpProvider:
                 retry=self._retry,
                 max_connections=self._max_connections,
                 timeout=self._timeout,
+                name=getattr(self, "name", ""),
             )
         return self._http
 

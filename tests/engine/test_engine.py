@@ -295,3 +295,53 @@ async def test_a_job_sent_to_a_wrong_base_url_is_repointed_and_runs(tmp_path: Pa
                          env=cli_env())
         assert done.code == 0 and f"{job_id} done: 4 succeeded" in done.out, done.err
         verify_exactly_once(db, emu.ledger, job_id, expect_all_succeeded=True)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the socket is closed
+
+
+async def test_nothing_listening_is_said_in_one_line_within_seconds_and_run_gives_up_resumable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asyncbatch.errors import ConnectionFailedError
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    provider = OpenAIProvider(api_key=API_KEY, base_url=url, retry=RetryPolicy(base_delay=0.05, max_delay=0.1))
+    async with BatchManager(tmp_path / "jobs.db", provider=provider, poll_interval=0.05, give_up_after=1.0) as bm:
+        job = await bm.submit([chat_line("a")])
+        with anyio.fail_after(20), pytest.raises(ConnectionFailedError) as info:
+            await bm.wait(job.id)
+        shard = (await bm.shards(job.id))[0]
+        assert (await bm.status(job.id)).status is JobStatus.RUNNING  # left resumable
+    message = str(info.value)
+    assert f"POST /files: cannot reach {url.removesuffix('/v1')}/…" in message and "ClientConnectorError" in message
+    assert "left resumable" in "".join(info.value.__notes__)
+    assert shard.last_error is not None and "cannot reach" in shard.last_error  # what `status` shows meanwhile
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "cannot reach" in r.getMessage()]
+    assert warnings and all("\n" not in w and len(w) < 400 for w in warnings)
+
+
+async def test_a_wait_the_server_asked_for_shows_on_the_shard_while_it_lasts(tmp_path: Path) -> None:
+    """A 429 with Retry-After: while the HTTP layer waits, the shard says so (a progress line shows "waiting:"),
+    and the note is gone once the call went through."""
+    storm = FaultSpec(rate_429=1.0, retry_after=1.5, max_faults=1)
+    async with run_emulator(EmulatorConfig(faults={"files_upload": storm}), data_dir=tmp_path / "emu") as emu:
+        provider = OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url)
+        async with BatchManager(tmp_path / "jobs.db", provider=provider, poll_interval=0.05) as bm:
+            job = await bm.submit([chat_line("a")])
+            notes: list[str | None] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bm.wait, job.id)
+                with anyio.fail_after(10):
+                    while not notes or notes[-1] is None or "429" not in (notes[-1] or ""):
+                        shards = await bm.shards(job.id)
+                        notes.append(shards[0].last_error if shards else None)
+                        await anyio.sleep(0.05)
+            shard = (await bm.shards(job.id))[0]
+    assert "HTTP 429 (retry-after" in (notes[-1] or "") and "trying again in 2s" in (notes[-1] or "")
+    assert shard.last_error is None and shard.phase.value == "ingested"

@@ -270,3 +270,17 @@ async def test_a_refused_connection_is_retried_within_the_bounds_and_named_plain
     finally:
         await client.aclose()
     assert "ClientConnectorError" in str(info.value) and "(gave up after 3 tries)" in str(info.value)
+
+
+async def test_nothing_listening_is_given_up_after_a_few_tries_whatever_max_retries_allows() -> None:
+    """A call that cannot connect at all is said within seconds (the engine decides how long to go on), where a
+    dropped connection to a live server is retried to ``max_retries``."""
+    client = HttpClient("http://127.0.0.1:9/v1", headers={}, retry=RetryPolicy(max_retries=8, base_delay=0.01))
+    try:
+        with pytest.raises(ConnectionFailedError) as info:
+            await client.request("GET", "/batches")
+    finally:
+        await client.aclose()
+    assert info.value.reached is False and info.value.retryable
+    assert "GET /batches: cannot reach http://127.0.0.1:9/…" in str(info.value)
+    assert "(gave up after 3 tries)" in str(info.value)

@@ -24,7 +24,7 @@ from tests.helpers import API_KEY, chat_line
 from tests.reliability.support import cli, cli_env
 
 SECRETS = ("HOOKPASSWORD", "QUERYCODE", "PATHTOKEN", "SIGNINGSECRET")
-FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.02)
+FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.02, unreachable_tries=4)
 FINISHED = JobFinished(job_id="job_1", status=JobStatus.DONE, counts=RequestCounts(total=1, completed=1))
 
 

@@ -236,3 +236,20 @@ async def test_async_forms_inside_an_event_loop(helpers: Any, tmp_path: Path) ->
     assert [b.id for b in listed.data] == [batch.id]
     assert helpers.abatch_completion.__name__ == "abatch_completion"
     assert helpers.batch_completion.__doc__.startswith("Blocking form of ``abatch_completion``")
+
+
+def test_nothing_listening_at_the_base_url_is_said_within_seconds(helpers: Any) -> None:
+    import socket
+
+    from asyncbatch.errors import ConnectionFailedError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailedError, match="cannot reach") as caught:
+        helpers.batch_completion(model="gpt-5.4-mini", messages=[[{"role": "user", "content": "x"}]],
+                                 api_base=f"http://127.0.0.1:{port}/v1", api_key=API_KEY)
+    assert time.monotonic() - started < 15 and "kept and tried again" in str(caught.value)
+    (stored,) = helpers.batch_completion_list().data
+    assert stored.status == "validating"  # nothing reached a provider; the job stays, resumable
