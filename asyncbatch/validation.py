@@ -40,13 +40,16 @@ RequestSource = str | os.PathLike[str] | Iterable[Request | Mapping[str, Any]] |
 
 
 class _InputLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """One input line: an OpenAI batch line, or a native Anthropic ``{custom_id, params}`` line."""
+    """One input line: an OpenAI batch line, a native Anthropic ``{custom_id, params}`` line, or a native
+    Gemini ``{key, request}`` line."""
 
     custom_id: str | None = None
     method: str | None = None
     url: str | None = None
     body: msgspec.Raw = msgspec.Raw()  # empty when absent (msgspec cannot decode `Raw | None`)
     params: msgspec.Raw = msgspec.Raw()
+    key: str | None = None
+    request: msgspec.Raw = msgspec.Raw()
 
 
 _decoder = msgspec.json.Decoder(_InputLine)
@@ -130,6 +133,9 @@ class Validator:
         """Runs once per request: the common case (an ASCII custom_id, a valid body) takes no slow path.
 
         ``raw`` is the line as read from a file, checked for repeated keys (a mapping cannot hold any)."""
+        routed: tuple[Route, Provider] | None = None  # a native line names its provider itself
+        if line.request or line.key is not None:
+            line, routed = self._from_gemini(number, line)
         custom_id = line.custom_id
         if custom_id is None:
             raise ValidationError("custom_id is missing", line=number, field="custom_id")
@@ -177,8 +183,8 @@ class Validator:
             _refuse_repeated_keys(number, raw, custom_id)
         assert url is not None
         model = body.get("model")
-        route, provider = self._route(model)
-        if route.model is not None:
+        route, provider = routed or self._route(model)
+        if route.model is not None and routed is None:
             model = body["model"] = route.model
             body_bytes = msgspec.json.encode(body)
         if isinstance(model, str) and (not model or model.isspace()):  # also what is left after a provider prefix
@@ -197,6 +203,42 @@ class Validator:
             custom_id=custom_id, route=route.name, url=url, model=provider.model_of(request), body=body_bytes,
             size=size, line=number,
         )
+
+
+    def _from_gemini(self, number: int, line: _InputLine) -> tuple[_InputLine, tuple[Route, Provider]]:
+        """A native Gemini line (``{"key", "request": GenerateContentRequest}``) as the OpenAI-shaped line it
+        stands for: ``key`` is the custom_id, the url names the model's method, and the model goes to Gemini
+        (``request.model``, else the job's default provider when that is Gemini)."""
+        if line.custom_id is not None or line.body or line.params or line.url is not None:
+            raise JSONLError("a Gemini line has `key` and `request` only (no custom_id, url, body or params)",
+                             line=number, field="key")
+        if not line.request or line.key is None:
+            raise JSONLError("a Gemini line needs both `key` and `request`", line=number,
+                             field="request" if line.key is not None else "key")
+        try:
+            request = msgspec.json.decode(bytes(line.request))
+        except msgspec.DecodeError as exc:
+            raise JSONLError(f"request is not valid JSON: {exc}", line=number, custom_id=line.key,
+                             field="request") from None
+        if not isinstance(request, dict):
+            raise JSONLError("request must be a JSON object", line=number, custom_id=line.key, field="request")
+        named = request.get("model")
+        if isinstance(named, str) and named:
+            route, provider = self._route(f"gemini/{named.removeprefix('models/')}")
+        elif self.router.default.spec.name == "gemini":
+            route, provider = self._route(None)
+        else:
+            raise _invalid(number, line.key, "request.model", "a Gemini line names no model (and the job's "
+                           "provider is not Gemini): put the model in request.model")
+        native = getattr(provider, "native_request", None)
+        if native is None:
+            raise _invalid(number, line.key, "request", f"{provider.name} does not take Gemini lines")
+        try:
+            converted: Request = native({"key": line.key, "request": request}, model=route.model)
+        except ValidationError as exc:
+            raise type(exc)(exc.reason, line=number, custom_id=line.key, field=exc.field) from None
+        body = msgspec.json.encode(converted.body)  # the model is in the url, as Gemini's batch lines want it
+        return _InputLine(custom_id=converted.custom_id, url=converted.url, body=msgspec.Raw(body)), (route, provider)
 
 
 class ContentDigest:

@@ -144,3 +144,32 @@ async def test_sigkill_at_every_failpoint(tmp_path: Path, name: str) -> None:
         verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
         batches = emu.ledger.batches_created(name)
         assert len(batches) > 5 and 0 < len([f for f in emu.ledger.files if f.purpose == "batch"]) < len(batches)
+
+
+async def test_native_gemini_lines_in_a_file_run_beside_openai_lines(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini's own batch lines (``{"key", "request"}``) in a JSONL file, in a job whose default provider is
+    OpenAI: they go to Gemini (their model, or refused naming the field when they name none)."""
+    from tests.helpers import write_jsonl
+
+    native = [{"key": f"g{i}", "request": {"model": "models/gemini-2.5-flash",
+                                           "contents": [{"role": "user", "parts": [{"text": f"native {i}"}]}]}}
+              for i in range(3)]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        monkeypatch.setenv("GEMINI_BASE_URL", emu.gemini_base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
+        from asyncbatch.providers.openai import OpenAIProvider
+
+        openai = OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url)
+        async with BatchManager(tmp_path / "jobs.db", provider=openai, poll_interval=0.02) as bm:
+            source = write_jsonl(tmp_path / "in.jsonl", [*native, chat_line("o1")])
+            job = await bm.wait((await bm.submit(source)).id)
+            results = {r.custom_id: r async for r in bm.results(job.id)}
+            bad = write_jsonl(tmp_path / "bad.jsonl", [{"key": "x", "request": {"contents": []}}])
+            with pytest.raises(Exception, match="names no model") as info:
+                await bm.submit(bad)
+        verify_exactly_once(tmp_path / "jobs.db", emu.ledger, job.id, expect_all_succeeded=True)
+    assert job.status is JobStatus.DONE and set(results) == {"g0", "g1", "g2", "o1"}
+    assert results["g1"].provider == "gemini" and "native 1" in (results["g1"].text or "")
+    assert results["o1"].provider == "openai"
+    assert getattr(info.value, "line", None) == 1 and getattr(info.value, "field", None) == "request.model"
