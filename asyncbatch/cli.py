@@ -304,11 +304,13 @@ def _display(wanted: bool | None) -> Display | None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    import logging
     import signal
     from functools import partial
 
     import anyio
 
+    from .events import log_events
     from .model import JobStatus
     from .progress import follow
 
@@ -337,6 +339,8 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signal, tg.cancel_scope)
+            if args.verbose:  # -v: one line per batch event, the story a headless run tells
+                tg.start_soon(log_events, bm.events, logging.getLogger("asyncbatch"))
             done = anyio.Event()
             async with anyio.create_task_group() as shown:  # left when the display has drawn the end
                 if display is not None:

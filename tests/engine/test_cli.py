@@ -106,3 +106,21 @@ async def test_wait_drives_one_job_and_leaves_the_others(tmp_path: Path) -> None
         assert code == 0 and f"{ids[1]} done: 3 succeeded" in out, err
         statuses = [json.loads((await cli("status", i, "--db", str(db), "--json"))[1])["status"] for i in ids]
         assert statuses == ["open", "done"]
+
+
+async def test_run_v_tells_the_story_of_each_batch_and_no_library_noise(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    lines = [chat_line(f"r{i}") for i in range(4)] + [chat_line("again", "[[fail_attempts:1]]")]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        code, out, err = await cli("submit", str(write_jsonl(tmp_path / "in.jsonl", lines)), "--db", str(db),
+                                   "--base-url", emu.openai_base_url)
+        job_id = out.split()[-1]
+        code, out, err = await cli("-v", "run", "--db", str(db), *FAST)
+    assert code == 0, err
+    story = [line for line in err.splitlines() if f"job {job_id}" in line]
+    assert any("created for shard" in line and "(5 requests, attempt 1)" in line for line in story), err
+    assert any(" completed" in line for line in story)
+    assert any("results of batch" in line and "4 succeeded, 0 failed, 1 to send again" in line for line in story)
+    assert any("1 requests sent again" in line and "attempt 2" in line for line in story)
+    assert any(f"job {job_id} done: 5 succeeded" in line for line in story)
+    assert "aiosqlite" not in err and "DEBUG" not in err
