@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (and /healthz)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    p.add_argument("--config", metavar="proxy.yaml",
+                   help="the gateway's config: the keys its batches' routes name (literal keys included)")
+
+    p = with_db(sub.add_parser("proxy", help="serve the batch gateway: OpenAI's /v1/files and /v1/batches for "
+                                             "teams with virtual keys, configured like LiteLLM's proxy"))
+    p.add_argument("--config", required=True, metavar="proxy.yaml", help="model_list and general_settings")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4000, help="0: any free port (the line printed names it)")
+    p.add_argument("--no-worker", action="store_true",
+                   help="do not run batches here: leave them to `asyncbatch worker --config` processes")
+    p.add_argument("--poll-interval", type=float, default=5.0, help="shortest interval between polls of a batch")
+    p.add_argument("--max-poll-interval", type=float, default=300.0)
 
     p = with_db(sub.add_parser("status", help="show a job's status and request counts"))
     p.add_argument("job_id", metavar="JOB_ID")
@@ -519,13 +531,26 @@ async def _worker(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds, max_requests_per_batch=args.max_requests_per_batch,
         max_bytes_per_batch=args.max_bytes_per_batch,
     )
+    keys = None
+    if args.config:
+        from .gateway import load_config
+
+        keys = load_config(args.config).keys
     return await run_worker(args.db, config=config, max_jobs=args.max_jobs, metrics_port=args.metrics_port,
-                            metrics_host=args.metrics_host)
+                            metrics_host=args.metrics_host, keys=keys)
+
+
+async def _proxy(args: argparse.Namespace) -> int:
+    from .gateway import run_proxy
+
+    return await run_proxy(args.config, args.db, host=args.host, port=args.port, worker=not args.no_worker,
+                           poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "submit": _submit,
     "worker": _worker,
+    "proxy": _proxy,
     "run": _run,
     "wait": _run,
     "status": _status,

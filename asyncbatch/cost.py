@@ -270,6 +270,28 @@ class CostCounter:
         )
 
 
+def token_prices(model: str, provider: str, *, when: datetime) -> tuple[Decimal, Decimal, Decimal] | None:
+    """USD batch prices of one input, cached input and output token of a model (its base tier), or None when
+    genai-prices does not know it: what the gateway books per request as results are ingested, where pricing
+    each result through the library would cost too much time."""
+    from genai_prices.types import TieredPrices
+
+    try:
+        info, _ = _find_model(model, provider)
+    except LookupError:
+        return None
+    has_batch_price = any(v.when == _BATCH_CONTEXT for v in info.price_variants or ())
+    prices = info.get_prices(when, _BATCH_CONTEXT) if has_batch_price else info.get_prices(when)
+    factor = (Decimal(1) if has_batch_price else BATCH_DISCOUNT) / 1_000_000
+
+    def per_token(value: Any) -> Decimal:
+        base = value.base if isinstance(value, TieredPrices) else value
+        return Decimal(base or 0) * factor
+
+    cached = prices.cache_read_mtok if prices.cache_read_mtok is not None else prices.input_mtok
+    return per_token(prices.input_mtok), per_token(cached), per_token(prices.output_mtok)
+
+
 def price_results(job_id: str, provider: str, results: Iterable[Result], *, when: datetime) -> CostReport:
     """Price the billed results among ``results`` (every attempt of a job) at the prices in force ``when``."""
     counter = CostCounter(job_id, provider, when=when)

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 
 from .jsonl import SpoolWriter
-from .model import Result
+from .model import Job, Result
 
 if TYPE_CHECKING:
     from .manager import BatchManager
@@ -59,6 +59,12 @@ def output_line(result: Result, *, fmt: Format = "native") -> OutputLine:
         id=line_id, custom_id=result.custom_id, response=None,
         error=_Error(code=error.code if error else "unknown", message=error.message if error else ""),
     )
+
+
+def translated(job: Job) -> bool:
+    """Whether some of the job's bodies are translated into OpenAI's (then they are decoded, not spliced)."""
+    providers = {job.provider, *(spec.name for spec in job.routes.values())}  # a job may span providers
+    return bool(providers & TRANSLATED)
 
 
 STDOUT = "-"
@@ -162,8 +168,7 @@ async def write_results(
     encoder = msgspec.json.Encoder()
     count = 0
     job = await manager.status(job_id)
-    providers = {job.provider, *(spec.name for spec in job.routes.values())}  # a job may span providers
-    translate = fmt == "openai" and bool(providers & TRANSLATED)
+    translate = fmt == "openai" and translated(job)
     async with open_output(path) as writer:
         chunk: list[bytes] = []
         async for result in manager.results(job_id, all_attempts=all_attempts, raw_bodies=not translate):

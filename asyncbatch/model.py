@@ -507,3 +507,82 @@ class StoreStats(msgspec.Struct, kw_only=True):
     shards: dict[str, int]
     batches: dict[str, int]
     requests: dict[str, int]
+
+
+# --- the batch gateway's records (asyncbatch.gateway; the store's GatewayStore) ----------------------------
+
+
+class VirtualKey(msgspec.Struct, kw_only=True):
+    """A gateway key as stored: ``token`` is the SHA-256 of the key (never the key), ``owner`` the tenant that
+    owns what the key makes (``team:<team_id>``, or ``key:<token>`` for a key without a team)."""
+
+    token: str
+    owner: str
+    team_id: str | None = None
+    models: list[str] = msgspec.field(default_factory=list)  # empty: every model of the config
+    max_budget: float | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: float = 0.0
+
+
+class GatewayFile(msgspec.Struct, kw_only=True):
+    """A file of the gateway: an upload (``kind="upload"``, content in the store in chunks) or the output or
+    error file of a batch (``kind="output"`` / ``"error"``, content made from the batch's results)."""
+
+    id: str
+    owner: str
+    purpose: str
+    filename: str
+    created_at: float
+    bytes: int = 0
+    lines: int = 0
+    status: str = "processed"
+    batch_id: str | None = None
+    kind: str = "upload"
+
+
+class GatewayBatch(msgspec.Struct, kw_only=True):
+    """A client's batch: the job that runs it, or the errors that failed it at validation.
+
+    ``status`` is what the store knows: ``validating`` (being stored), ``submitted`` (its job runs), ``failed``
+    (validation), or how it ended (``completed``, ``expired``, ``cancelled``), with the counts and the output
+    and error files fixed then. What the client sees in between is read from the job.
+    """
+
+    id: str
+    owner: str
+    key_token: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    job_id: str
+    status: str
+    created_at: float
+    errors: list[BatchError] = msgspec.field(default_factory=list)
+    cancelling_at: float | None = None
+    ended_at: float | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class RoutePrice(msgspec.Struct, kw_only=True, frozen=True):
+    """Batch prices of one gateway route (a config ``model_name``), in USD per token."""
+
+    route: str
+    input: float
+    cached_input: float
+    output: float
+
+
+class GatewayUsage(msgspec.Struct, kw_only=True):
+    """Usage and cost booked for the billed results of a batch, or of every batch of a key."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0

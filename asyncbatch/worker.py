@@ -14,7 +14,8 @@ from contextlib import AsyncExitStack
 
 import anyio
 
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, ProviderPool
+from .engine.pool import KeyResolver
 from .events import log_events
 from .store import open_store
 
@@ -28,13 +29,15 @@ async def run_worker(
     max_jobs: int | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    keys: KeyResolver | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT; returns the exit status."""
+    """Serve until SIGTERM or SIGINT; returns the exit status. ``keys`` resolves the providers' keys (a
+    gateway's config: ``asyncbatch worker --config proxy.yaml``), else they come from the environment."""
     from .metrics import count_event, serve_metrics
 
     store = open_store(db)
     await store.open()  # a worker started where no SQLite store exists yet creates it
-    engine = Engine(store, config=config)
+    engine = Engine(store, config=config, pool=ProviderPool(keys=keys) if keys is not None else None)
     stopped_by: list[str] = []
     try:
         async with AsyncExitStack() as stack, anyio.create_task_group() as tg:

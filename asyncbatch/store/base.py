@@ -15,6 +15,9 @@ from typing import Protocol
 from ..errors import BatchClaimedError, LeaseLostError
 from ..model import (
     BatchError,
+    GatewayBatch,
+    GatewayFile,
+    GatewayUsage,
     Job,
     JobAudit,
     JobStatus,
@@ -26,14 +29,17 @@ from ..model import (
     RemoteBatch,
     RequestCounts,
     ResultRow,
+    RoutePrice,
     Settlement,
     Shard,
     StoredResult,
     StoreStats,
+    VirtualKey,
 )
 
 __all__ = [
     "BatchClaimedError",
+    "GatewayStore",
     "LeaseLostError",
     "PlanningSession",
     "Store",
@@ -173,3 +179,63 @@ class Store(Protocol):
     async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None: ...
     async def audit(self, job_id: str) -> JobAudit: ...
     async def stats(self) -> StoreStats: ...
+
+
+class GatewayStore(Protocol):
+    """What the batch gateway (``asyncbatch proxy``) keeps, beside the jobs that run its batches: virtual keys
+    (hashed), files with their content in chunks, client batches, prices, and the spend booked per request.
+
+    The gateway keeps nothing elsewhere, so that several gateway processes on one store serve the same objects.
+    Every read of a client's object names its ``owner`` (tenant): another owner's id finds nothing. The spend of
+    a batch's billed results is booked in the transaction that ingests them (``ingest``), never in a later pass.
+    ``tests/store/test_gateway_contract.py`` is the contract every backend passes.
+    """
+
+    async def add_key(self, key: VirtualKey) -> None: ...
+    async def get_key(self, token: str) -> VirtualKey | None: ...
+    async def delete_keys(self, tokens: Sequence[str]) -> list[str]:
+        """Delete keys by token; returns the tokens that existed."""
+
+    async def key_usage(self, token: str) -> GatewayUsage:
+        """Spend booked for every batch the key created."""
+
+    async def batch_usage(self, batch_id: str) -> GatewayUsage: ...
+    async def set_prices(self, prices: Sequence[RoutePrice]) -> None:
+        """Batch prices per route, used by the spend booked from now on."""
+
+    async def add_file(self, file: GatewayFile) -> None:
+        """A new file; one in status ``uploading`` is invisible until ``file_uploaded``."""
+
+    async def add_file_chunk(self, file_id: str, seq: int, data: bytes) -> None: ...
+    async def file_uploaded(self, file_id: str, size: int, lines: int) -> None: ...
+    async def get_file(self, file_id: str, owner: str) -> GatewayFile | None: ...
+    async def list_files(
+        self, owner: str, *, purpose: str | None = ..., after: str | None = ..., limit: int = ...,
+        newest_first: bool = ...,
+    ) -> list[GatewayFile]:
+        """The owner's files after the file ``after`` (an id that is not the owner's gives an empty page)."""
+
+    def file_chunks(self, file_id: str) -> AsyncIterator[bytes]:
+        """An upload's content, chunk by chunk."""
+
+    async def delete_file(self, file_id: str, owner: str) -> bool: ...
+    async def drop_upload(self, file_id: str) -> None:
+        """Remove an upload that did not finish, with its chunks (a finished file is left alone)."""
+
+    async def drop_uploads(self, before: float) -> int:
+        """Remove uploads never finished that began before ``before``; returns how many."""
+
+    async def add_batch(self, batch: GatewayBatch) -> None: ...
+    async def get_batch(self, batch_id: str, owner: str) -> GatewayBatch | None: ...
+    async def list_batches(self, owner: str, *, after: str | None = ..., limit: int = ...) -> list[GatewayBatch]:
+        """The owner's batches, newest first, after the batch ``after``."""
+
+    async def validating_batches(self) -> list[GatewayBatch]:
+        """Batches whose creation a process did not finish (killed before their job was stored)."""
+
+    async def batch_submitted(self, batch_id: str) -> None: ...
+    async def batch_failed(self, batch_id: str, errors: Sequence[BatchError], at: float) -> None: ...
+    async def batch_cancelling(self, batch_id: str, at: float) -> None: ...
+    async def batch_ended(self, batch: GatewayBatch, files: Sequence[GatewayFile]) -> bool:
+        """Record how a submitted batch ended and add its output and error files, in one transaction; False
+        when another process recorded it first (then nothing is written)."""

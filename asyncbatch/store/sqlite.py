@@ -15,7 +15,7 @@ import sqlite3
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from ..model import (
     StoreStats,
 )
 from .sql import SCHEMA_VERSION, migrations, queries, schema, statements
+from .sqlite_gateway import SQLiteGateway
 
 _Q = queries("sqlite")
 #: ``PRAGMA application_id`` of an asyncbatch job store ("abst"), so that no other application's file is taken
@@ -77,8 +78,9 @@ def _file_id(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class SQLiteStore:
-    """Durable store of jobs, requests, shards and results in one SQLite file (``":memory:"`` works too).
+class SQLiteStore(SQLiteGateway):
+    """Durable store of jobs, requests, shards and results in one SQLite file (``":memory:"`` works too), and
+    of the batch gateway's keys, files and batches (``SQLiteGateway``).
 
     The store's clock (lease expiry) is this machine's: a SQLite file is only ever shared by processes of one
     machine.
@@ -323,7 +325,7 @@ class SQLiteStore:
                              "before recording anything more where nobody could read it (restore the file and "
                              "run again)")
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
         async with self._lock:
             try:
                 async with self.db.execute(sql, params) as cur:

@@ -9,7 +9,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 #: The schema version this asyncbatch writes; both backends number their schemas alike.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _dir(backend: str) -> Traversable:
@@ -21,9 +21,10 @@ def schema(backend: str) -> str:
 
 
 @cache
-def queries(backend: str) -> dict[str, str]:
-    """Named queries of ``<backend>/queries.sql``: each starts at a ``-- name: x`` line."""
-    text = _dir(backend).joinpath("queries.sql").read_text(encoding="utf-8")
+def queries(backend: str, file: str = "queries.sql") -> dict[str, str]:
+    """Named queries of ``<backend>/<file>`` (``queries.sql``, or ``gateway.sql`` for the gateway's tables):
+    each starts at a ``-- name: x`` line."""
+    text = _dir(backend).joinpath(file).read_text(encoding="utf-8")
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
     return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
@@ -39,6 +40,20 @@ def migrations(backend: str, after: int) -> list[tuple[int, str]]:
 
 
 def statements(script: str) -> list[str]:
-    """Split a script into statements (our scripts have no ``--`` or ``;`` inside literals)."""
+    """Split a script into statements (our scripts have no ``--`` or ``;`` inside literals); a trigger's
+    ``BEGIN ... END`` body stays in its ``CREATE TRIGGER`` statement."""
     body = "\n".join(line.partition("--")[0] for line in script.splitlines())
-    return [s.strip() for s in body.split(";") if s.strip()]
+    found: list[str] = []
+    pending = ""
+    for part in body.split(";"):
+        pending = f"{pending};{part}" if pending else part
+        if _TRIGGER.search(pending) and not _END.search(pending):
+            continue
+        if pending.strip():
+            found.append(pending.strip())
+        pending = ""
+    return found
+
+
+_TRIGGER = re.compile(r"\bCREATE\s+TRIGGER\b", re.IGNORECASE)
+_END = re.compile(r"\bEND\s*$", re.IGNORECASE)
