@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Gateway:
     def __init__(self, url: str, db: Path) -> None:
         self.url = url
         self.db = db
+        self.clients: list[AsyncOpenAI] = []
 
     async def admin(self, method: str, path: str, *, key: str = MASTER, **kwargs: Any) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as session, session.request(
@@ -65,7 +66,13 @@ class Gateway:
         return key
 
     def client(self, key: str, *, v1: bool = True) -> AsyncOpenAI:
-        return AsyncOpenAI(api_key=key, base_url=self.url + ("/v1" if v1 else ""), max_retries=0)
+        client = AsyncOpenAI(api_key=key, base_url=self.url + ("/v1" if v1 else ""), max_retries=0)
+        self.clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.close()
 
 
 @pytest.fixture(autouse=True)
@@ -96,9 +103,13 @@ async def running(config_path: Path, db: Path, **options: Any) -> AsyncIterator[
             raise
 
     task = asyncio.create_task(serve())
+    started = None
     try:
-        yield Gateway(await ready, db)
+        started = Gateway(await ready, db)
+        yield started
     finally:
+        if started is not None:
+            await started.aclose()
         stop.set()
         await task
 
@@ -109,6 +120,18 @@ async def gateway(emu: Emulator, tmp_path: Path) -> AsyncIterator[Gateway]:
     config_path.write_text(proxy_yaml(emu))
     async with running(config_path, tmp_path / "gateway.db") as started:
         yield started
+
+
+@pytest.fixture
+async def gateway_with(emu: Emulator, tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """A factory of gateways whose ``general_settings`` hold the given values."""
+    async with AsyncExitStack() as stack:
+        async def make(**settings: Any) -> Gateway:
+            config_path = tmp_path / "custom.yaml"
+            config_path.write_text(proxy_yaml(emu, **settings))
+            return await stack.enter_async_context(running(config_path, tmp_path / "custom.db"))
+
+        yield make
 
 
 def jsonl(lines: Iterable[Mapping[str, Any]]) -> bytes:
