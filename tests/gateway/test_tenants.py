@@ -78,8 +78,9 @@ async def test_a_deleted_key_is_refused(gateway: Gateway) -> None:
 
 async def test_the_admin_routes_take_the_master_key_only(gateway: Gateway) -> None:
     key = await gateway.new_key(team_id="t", max_budget=12.5, metadata={"owner": "ops"})
-    for method, path, kwargs in (("POST", "/key/generate", {"json": {}}), ("POST", "/key/delete", {"json": {"keys": [key]}}),
-                                 ("GET", "/key/info", {"params": {"key": key}})):
+    calls = (("POST", "/key/generate", {"json": {}}), ("POST", "/key/delete", {"json": {"keys": [key]}}),
+             ("GET", "/key/info", {"params": {"key": key}}))
+    for method, path, kwargs in calls:
         status, body = await gateway.admin(method, path, key=key, **kwargs)
         assert status == 403 and body["error"]["type"] == "permission_error"
     status, body = await gateway.admin("GET", "/key/info", params={"key": key})
