@@ -36,6 +36,7 @@ log = logging.getLogger("asyncbatch.gateway")
 
 MAX_LINE_ERRORS = 10  # lines named in a failed batch's errors, as OpenAI does
 STALE_UPLOAD = 3600.0  # an upload unfinished for this long was cut off (its process killed)
+STALE_CREATE = 600.0  # a batch still being created this long after it began was cut off
 COMPLETION_WINDOWS = ("24h",)
 
 
@@ -60,20 +61,34 @@ class Gateway:
         self.store = cast(Backend, manager.store)
         self.master = master_caller(config.master_key)
         self.workdir = Path(manager.spool_dir) / "gateway"
+        self.stale_create = STALE_CREATE
 
     async def prepare(self) -> None:
-        """Before serving: this config's prices, uploads cut off by a crash removed, and batches whose
-        creation a killed process left half-done created now (their job ids make that idempotent)."""
+        """Before serving: this config's prices, and what a killed process left half-done cleaned up (uploads
+        never finished, batches whose creation was cut off)."""
         await self.store.set_prices(self._prices())
         await self.store.drop_uploads(before=time.time() - STALE_UPLOAD)
         for batch in await self.store.validating_batches():
-            key = await self.store.get_key(batch.key_token)
-            if key is None and batch.key_token != self.master.token:
-                await self.store.batch_failed(batch.id, [BatchError(code="key_deleted", message=(
-                    "the key that created this batch was deleted before the batch was stored"))], time.time())
-                continue
-            log.info("batch %s: finishing its creation, cut off by a restart", batch.id)
-            await self._submit(batch, self.master if key is None else key_caller(key))
+            await self._cut_off(batch)
+
+    async def _cut_off(self, batch: GatewayBatch) -> GatewayBatch:
+        """A batch still ``validating`` long after it was created: its creation was cut off (the process that
+        made it was killed). If its job was stored, the job runs (it may have started already): the batch is
+        submitted. If not, nothing was stored or sent, and the client, who never got an answer, may have
+        created it again: running it now would pay twice, so it fails, saying so."""
+        if batch.status != "validating" or time.time() - batch.created_at < self.stale_create:
+            return batch
+        try:
+            await self.store.get_job(batch.job_id, with_counts=False)
+        except KeyError:
+            await self.store.batch_failed(batch.id, [BatchError(code="creation_interrupted", message=(
+                "the gateway stopped while this batch was being created; nothing was sent: create it again"))],
+                time.time())
+        else:
+            await self.store.batch_submitted(batch.id)
+        found = await self.store.get_batch(batch.id, batch.owner)
+        assert found is not None
+        return found
 
     def _prices(self) -> list[RoutePrice]:
         now = datetime.now(UTC)
@@ -261,6 +276,7 @@ class Gateway:
     async def view(self, batch: GatewayBatch) -> Any:
         """The Batch object: read from the job while it runs; once the job ended, fixed with its files."""
         job: Job | None = None
+        batch = await self._cut_off(batch)
         if batch.status == "submitted":
             job = await self.store.get_job(batch.job_id)
             if job.status.is_terminal:
