@@ -8,13 +8,14 @@ Every answer is OpenAI's shape, and every error OpenAI's envelope with its statu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import BodyPartReader, web
 
-from ..emulator.routes import _request_key
+from ..emulator.routes import _request_key, query_int
 from ..errors import StoreError
 from . import ids
 from .files import receive_upload
@@ -202,7 +203,7 @@ class Routes:
             raise ApiError(400, "max_budget must be 0 or more.", param="max_budget")
         key = ids.virtual_key()
         record = new_key_record(key, team_id=body.team_id, models=body.models, max_budget=body.max_budget,
-                                metadata=body.metadata, now=_now())
+                                metadata=body.metadata, now=time.time())
         await self.gateway.store.add_key(record)
         return json_response({"key": key, "key_name": f"sk-...{key[-4:]}", "expires": None,
                               **await self.gateway.key_info(record)})
@@ -247,8 +248,6 @@ def _page(items: list[Any], has_more: bool) -> web.Response:
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    from ..emulator.routes import query_int
-
     try:
         return query_int(request, name, default, low, high)
     except ValueError as exc:
@@ -261,8 +260,3 @@ def _decode(raw: bytes, kind: type[_T]) -> _T:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, f"Invalid request body: {exc}") from None
 
-
-def _now() -> float:
-    import time
-
-    return time.time()

@@ -22,14 +22,14 @@ import msgspec
 
 from ..cost import token_prices
 from ..emulator.bodies import OPENAI_ENDPOINTS
-from ..errors import AsyncBatchError, ProviderError, ValidationError
+from ..errors import AsyncBatchError, DuplicateCustomIdError, JSONLError, ProviderError, ValidationError
 from ..manager import BatchManager
 from ..model import BatchError, GatewayBatch, GatewayFile, Job, JobStatus, RoutePrice, VirtualKey
 from ..validation import check_metadata
 from . import ids
-from .config import ProxyConfig
-from .files import Backend, measure_outputs
-from .keys import Caller, key_caller, master_caller
+from .config import ALL_MODELS, ProxyConfig
+from .files import Backend, measure_outputs, output_lines
+from .keys import Caller, is_master, key_caller, master_caller, token_of
 from .objects import ApiError, CreateBatchBody, batch_object, not_found
 
 log = logging.getLogger("asyncbatch.gateway")
@@ -59,7 +59,7 @@ class Gateway:
         self.manager = manager
         self.config = config
         self.store = cast(Backend, manager.store)
-        self.master = master_caller(config.master_key)
+        self.master = master_caller()
         self.workdir = Path(manager.spool_dir) / "gateway"
         self.stale_create = STALE_CREATE
 
@@ -106,8 +106,6 @@ class Gateway:
     # --- callers -------------------------------------------------------------------------------------------
 
     async def caller(self, key: str | None) -> Caller:
-        from .keys import is_master, token_of
-
         if key is None:
             raise ApiError(401, "You didn't provide an API key. Provide it in the Authorization header as "
                            "'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key")
@@ -131,8 +129,6 @@ class Gateway:
         return found
 
     async def content(self, caller: Caller, file_id: str) -> tuple[GatewayFile, AsyncIterator[bytes]]:
-        from .files import output_lines
-
         file = await self.file(caller, file_id)
         if file.kind == "upload":
             return file, self.store.file_chunks(file.id)
@@ -209,6 +205,7 @@ class Gateway:
                     path, endpoint=None, completion_window=batch.completion_window, metadata=batch.metadata,
                     job_id=batch.job_id, owner=batch.owner, check_keys=False,
                     provider=next(iter(self.config.models.values())).provider,
+                    warn=lambda message: log.info("batch %s: %s", batch.id, message),  # its client cannot act on it
                 )
             except ValidationError as exc:
                 await self.store.batch_failed(batch.id, [BatchError(
@@ -331,8 +328,6 @@ class Gateway:
     # --- keys (master key only) ----------------------------------------------------------------------------
 
     def check_models(self, models: list[str]) -> None:
-        from .config import ALL_MODELS
-
         unknown = [m for m in models if m not in self.config.models and m != ALL_MODELS]
         if unknown:
             raise ApiError(400, f"Unknown models {unknown}: a key may only be given models of the config "
@@ -345,8 +340,6 @@ class Gateway:
 
 
 def _error_code(exc: ValidationError) -> str:
-    from ..errors import DuplicateCustomIdError, JSONLError
-
     if isinstance(exc, DuplicateCustomIdError):
         return "duplicate_custom_id"
     if isinstance(exc, JSONLError):

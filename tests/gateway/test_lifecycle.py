@@ -3,6 +3,8 @@ mixed file as one batch, cancel, paging, and the errors OpenAI answers (413, a b
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -10,7 +12,7 @@ import openai
 import pytest
 
 from asyncbatch.emulator import Emulator
-from tests.gateway.conftest import Gateway, chat, embed, read_lines, upload, wait_for
+from tests.gateway.conftest import Gateway, chat, embed, proxy_yaml, read_lines, running, upload, wait_for
 
 
 async def test_a_full_lifecycle_on_an_openai_upstream(gateway: Gateway, emu: Emulator) -> None:
@@ -117,3 +119,32 @@ async def test_cancel(gateway: Gateway, emu: Emulator) -> None:
     assert done.output_file_id is None and done.error_file_id is not None
     assert {x["custom_id"] for x in await read_lines(client, done.error_file_id)} == {"r0", "r1", "r2", "r3"}
     assert (await client.batches.cancel(batch.id)).status == "cancelled"  # asking again changes nothing
+
+
+async def test_a_creation_cut_off_by_a_kill_is_settled_at_restart(emu: Emulator, tmp_path: Path) -> None:
+    """A batch left ``validating`` by a killed process: run if its job was stored, else failed (its client never
+    got an answer and may have created it again: running it too would pay twice)."""
+    config, db = tmp_path / "proxy.yaml", tmp_path / "gateway.db"
+    config.write_text(proxy_yaml(emu))
+    async with running(config, db) as gateway:
+        key = await gateway.new_key(team_id="t")
+        client = gateway.client(key)
+        file_id = await upload(client, [chat("a"), chat("b")])
+        stored = await client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                                             completion_window="24h")
+        await wait_for(client, stored.id)
+    with sqlite3.connect(db) as conn:  # as a kill would have left them, an hour ago
+        conn.execute("UPDATE gateway_batches SET status = 'validating', created_at = created_at - 3600, "
+                     "output_file_id = NULL WHERE id = ?", (stored.id,))
+        conn.execute("INSERT INTO gateway_batches (id, owner, key_token, input_file_id, endpoint, completion_window,"
+                     " job_id, status, created_at) SELECT 'batch_lost', owner, key_token, input_file_id, endpoint,"
+                     " completion_window, 'job_lost', 'validating', created_at FROM gateway_batches WHERE id = ?",
+                     (stored.id,))
+    async with running(config, db) as gateway:
+        client = gateway.client(key)
+        lost = await client.batches.retrieve("batch_lost")
+        assert lost.status == "failed" and lost.errors and lost.errors.data
+        assert lost.errors.data[0].code == "creation_interrupted"
+        again = await client.batches.retrieve(stored.id)
+        assert again.status == "completed" and again.request_counts and again.request_counts.completed == 2
+    assert len(emu.ledger.batches_created()) == 1  # nothing ran twice
