@@ -694,6 +694,7 @@ class SQLiteStore(SQLiteGateway):
                 await db.executemany(_Q["settle_request"], [
                     p for r, p in zip(rows, params, strict=True) if r.state is not RequestState.SUCCEEDED
                 ])
+                await self.book_spend(db, shard_id, [r.rid for r in rows])  # a gateway batch's spend
             orphan_rows = [(shard_id, w, line) for w, line in orphans]
             if orphan_rows:
                 await db.executemany(_Q["upsert_orphan"], orphan_rows)

@@ -1,7 +1,7 @@
 """The gateway's half of the SQLite store (``GatewayStore``): keys, files and their chunks, batches, spend.
 
 Its SQL is in ``sql/sqlite/gateway.sql``; its tables are in the same schema (version 3) as the jobs they point
-at, so that a batch's spend is booked by a trigger in the very transaction that ingests its results.
+at, so that a batch's spend is booked in the very transaction that ingests its results (``book_spend``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,18 @@ class SQLiteGateway:
 
     async def batch_usage(self, batch_id: str) -> GatewayUsage:
         return _usage(await self._read(_Q["batch_usage"], (batch_id,)))
+
+    @staticmethod
+    async def book_spend(db: aiosqlite.Connection, shard_id: int, rids: Sequence[int]) -> None:
+        """Book the usage and cost of the successes among a chunk's results, when the shard's job runs a
+        gateway batch; called by ``ingest`` inside its transaction. One statement per chunk, not a trigger per
+        row: a trigger made every ingestion (gateway or not) nearly twice as slow."""
+        async with db.execute(_Q["batch_of_shard"], (shard_id,)) as cur:
+            batch = await cur.fetchone()
+        if batch is None:
+            return
+        await db.execute(_Q["book_spend"], {"batch_id": batch[0], "key_token": batch[1], "shard_id": shard_id,
+                                            "rids": _json(list(rids)).decode()})
 
     async def set_prices(self, prices: Sequence[RoutePrice]) -> None:
         async with self._tx() as db:

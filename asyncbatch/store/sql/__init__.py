@@ -40,20 +40,6 @@ def migrations(backend: str, after: int) -> list[tuple[int, str]]:
 
 
 def statements(script: str) -> list[str]:
-    """Split a script into statements (our scripts have no ``--`` or ``;`` inside literals); a trigger's
-    ``BEGIN ... END`` body stays in its ``CREATE TRIGGER`` statement."""
+    """Split a script into statements (our scripts have no ``--`` or ``;`` inside literals)."""
     body = "\n".join(line.partition("--")[0] for line in script.splitlines())
-    found: list[str] = []
-    pending = ""
-    for part in body.split(";"):
-        pending = f"{pending};{part}" if pending else part
-        if _TRIGGER.search(pending) and not _END.search(pending):
-            continue
-        if pending.strip():
-            found.append(pending.strip())
-        pending = ""
-    return found
-
-
-_TRIGGER = re.compile(r"\bCREATE\s+TRIGGER\b", re.IGNORECASE)
-_END = re.compile(r"\bEND\s*$", re.IGNORECASE)
+    return [s.strip() for s in body.split(";") if s.strip()]

@@ -102,3 +102,19 @@ UPDATE gateway_batches SET cancelling_at = COALESCE(cancelling_at, ?) WHERE id =
 UPDATE gateway_batches SET status = :status, ended_at = :ended_at, output_file_id = :output_file_id,
                            error_file_id = :error_file_id, total = :total, completed = :completed, failed = :failed
 WHERE id = :id AND status = 'submitted';
+
+-- name: batch_of_shard
+-- The gateway batch whose job a shard belongs to (none for the jobs of the library and the CLI).
+SELECT b.id, b.key_token FROM shards s JOIN gateway_batches b ON b.job_id = s.job_id WHERE s.id = ?;
+
+-- name: book_spend
+-- The usage and cost of the successes among a chunk's results (:rids, a JSON array), at the prices of their
+-- routes; in the ingest's transaction, once per (request, attempt) however often the chunk is ingested.
+INSERT OR IGNORE INTO gateway_spend (rid, attempt, batch_id, key_token, input_tokens, output_tokens, cached_tokens,
+                                     cost)
+SELECT s.rid, s.attempt, :batch_id, :key_token, COALESCE(s.input_tokens, 0), COALESCE(s.output_tokens, 0),
+       COALESCE(s.cached_tokens, 0),
+       (COALESCE(s.input_tokens, 0) - COALESCE(s.cached_tokens, 0)) * p.input
+         + COALESCE(s.cached_tokens, 0) * p.cached_input + COALESCE(s.output_tokens, 0) * p.output
+FROM results s JOIN requests r ON r.rid = s.rid LEFT JOIN gateway_prices p ON p.route = r.route
+WHERE s.rid IN (SELECT value FROM json_each(:rids)) AND s.shard_id = :shard_id AND s.outcome = 'succeeded';

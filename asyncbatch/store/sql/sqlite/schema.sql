@@ -197,8 +197,9 @@ CREATE TABLE IF NOT EXISTS gateway_prices (
     output       REAL NOT NULL
 );
 
--- Usage and cost of every billed result of a gateway batch, booked by the trigger below in the transaction
--- that ingests the result: a crash cannot ingest a result without booking it, nor book it twice.
+-- Usage and cost of every billed result of a gateway batch, booked by `ingest` in the transaction that
+-- stores the result (book_spend in gateway.sql): a crash cannot ingest a result without booking it, nor book it
+-- twice. Successes are what providers bill.
 CREATE TABLE IF NOT EXISTS gateway_spend (
     rid           INTEGER NOT NULL,
     attempt       INTEGER NOT NULL,
@@ -213,15 +214,3 @@ CREATE TABLE IF NOT EXISTS gateway_spend (
 CREATE INDEX IF NOT EXISTS gateway_spend_key ON gateway_spend (key_token);
 CREATE INDEX IF NOT EXISTS gateway_spend_batch ON gateway_spend (batch_id);
 
--- Successes are what providers bill. Results of jobs that no gateway batch owns join nothing and book nothing.
-CREATE TRIGGER IF NOT EXISTS gateway_book_spend AFTER INSERT ON results WHEN NEW.outcome = 'succeeded'
-BEGIN
-    INSERT OR IGNORE INTO gateway_spend (rid, attempt, batch_id, key_token, input_tokens, output_tokens,
-                                         cached_tokens, cost)
-    SELECT NEW.rid, NEW.attempt, b.id, b.key_token, COALESCE(NEW.input_tokens, 0), COALESCE(NEW.output_tokens, 0),
-           COALESCE(NEW.cached_tokens, 0),
-           (COALESCE(NEW.input_tokens, 0) - COALESCE(NEW.cached_tokens, 0)) * p.input
-             + COALESCE(NEW.cached_tokens, 0) * p.cached_input + COALESCE(NEW.output_tokens, 0) * p.output
-    FROM requests r JOIN gateway_batches b ON b.job_id = r.job_id LEFT JOIN gateway_prices p ON p.route = r.route
-    WHERE r.rid = NEW.rid;
-END;
