@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..errors import ValidationError
+from ..checks import non_negative, poll_intervals, positive, whole_number
 from ..model import ShardLimits
 
 
@@ -40,22 +40,15 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     job_poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
-        positive = {
-            "poll_interval": self.poll_interval, "lease_seconds": self.lease_seconds,
-            "ingest_chunk": self.ingest_chunk, "uploads_at_once": self.uploads_at_once,
-            "give_up_after": self.give_up_after, "job_poll_interval": self.job_poll_interval,
-        }
-        for name, value in positive.items():
-            check_positive(name, value)
-        check_positive("max_requests_per_batch", self.max_requests_per_batch)
-        check_positive("max_bytes_per_batch", self.max_bytes_per_batch)
-        if self.capacity_hold < 0:
-            raise ValidationError(f"must be 0 or more, got {self.capacity_hold}", field="capacity_hold")
-        if self.max_poll_interval < self.poll_interval:
-            raise ValidationError(
-                f"must not be below poll_interval ({self.poll_interval}), got {self.max_poll_interval}",
-                field="max_poll_interval",
-            )
+        poll_intervals(self.poll_interval, self.max_poll_interval)
+        for name in ("lease_seconds", "give_up_after", "job_poll_interval"):
+            positive(getattr(self, name), name)
+        for name in ("ingest_chunk", "uploads_at_once"):
+            whole_number(getattr(self, name), name)
+        for name in ("max_requests_per_batch", "max_bytes_per_batch"):
+            if getattr(self, name) is not None:
+                whole_number(getattr(self, name), name)
+        non_negative(self.capacity_hold, "capacity_hold")
 
     def limits(self, provider: ShardLimits) -> ShardLimits:
         """The provider's limits, lowered by the configured ones."""
@@ -74,8 +67,3 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
         base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
         return base / "asyncbatch" / "spool"
 
-
-def check_positive(name: str, value: float | None) -> None:
-    """A setting that must be above zero (None: not set)."""
-    if value is not None and not value > 0:
-        raise ValidationError(f"must be above 0, got {value}", field=name)

@@ -86,3 +86,15 @@ def test_the_checks_are_reusable_and_name_the_setting() -> None:
     assert info.value.field == "max_poll_interval"
     checks.poll_intervals(1.0, 1.0)
     assert checks.non_negative(0.0, "base_delay") == 0.0
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("poll_interval", 0.0), ("lease_seconds", -1.0), ("ingest_chunk", 0), ("max_requests_per_batch", -5),
+    ("max_bytes_per_batch", 0), ("give_up_after", math.nan), ("capacity_hold", -1.0),
+])
+def test_the_python_api_refuses_the_same_settings_naming_them(tmp_path: Path, setting: str, value: float) -> None:
+    from asyncbatch import BatchManager
+
+    with pytest.raises(ValidationError) as info:
+        BatchManager(tmp_path / "jobs.db", **{setting: value})
+    assert info.value.field == setting
