@@ -43,22 +43,22 @@ lint: $(STAMP)
 	touch $@
 
 test-oldest: .venv-oldest/.installed
-	.venv-oldest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices|rich)=='
+	.venv-oldest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices|rich|psycopg|psycopg-pool)=='
 	.venv-oldest/bin/python -m pytest -q $(FAST)
 
 # Newest releases: resolved afresh on every run, never from the lock.
 test-latest:
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
-	.venv-latest/bin/python -m pip install $(PIP_QUIET) --upgrade --upgrade-strategy eager -e '.[dev,conformance]'
+	.venv-latest/bin/python -m pip install $(PIP_QUIET) --upgrade --upgrade-strategy eager -e '.[dev,conformance,postgres]'
 	.venv-latest/bin/python -m pip freeze | grep -iE '^(anyio|aiohttp|aiosqlite|msgspec|genai-prices|rich|prometheus-client)=='
 	.venv-latest/bin/python -m pytest -q $(FAST)
 
 # uv resolves; pip installs (a fresh machine needs nothing but Python to run the tests).
 lock: $(STAMP)
 	$(PY) -m pip install $(PIP_QUIET) uv
-	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --extra conformance --python-version 3.11 -o $(LOCK)
+	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --extra conformance --extra postgres --python-version 3.11 -o $(LOCK)
 	$(PY) requirements/lower_bounds.py > requirements/lower-bounds.txt
-	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --python-version 3.11 \
+	$(PY) -m uv pip compile --quiet pyproject.toml --extra dev --extra postgres --python-version 3.11 \
 		--constraint requirements/lower-bounds.txt -o $(OLDEST_LOCK)
 
 clean:

@@ -8,10 +8,14 @@ import re
 import sys
 import tomllib
 
+#: Optional extras that are runtime code too (their lower bounds are tested the same way).
+RUNTIME_EXTRAS = ("postgres",)
+
 with open(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml", "rb") as f:
-    dependencies = tomllib.load(f)["project"]["dependencies"]
+    project = tomllib.load(f)["project"]
+dependencies = project["dependencies"] + [d for extra in RUNTIME_EXTRAS for d in project["optional-dependencies"][extra]]
 for dependency in dependencies:
-    match = re.match(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*>=\s*([^,;\s]+)", dependency)
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*>=\s*([^,;\s]+)", dependency)
     if match is None:
         sys.exit(f"{dependency!r} has no lower bound (>=): every runtime dependency must declare one")
-    print(f"{match.group(1)}=={match.group(2)}")
+    print(f"{match.group(1)}=={match.group(3)}")

@@ -16,6 +16,7 @@ StoreFactory = Callable[..., Awaitable[Store]]
 #: Backends the contract suite runs on, each giving the URL of a fresh, empty database.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
     "sqlite": lambda request, tmp_path: str(tmp_path / "store.db"),
+    "postgres": lambda request, tmp_path: str(request.getfixturevalue("pg_url")),
 }
 
 

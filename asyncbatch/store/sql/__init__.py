@@ -32,7 +32,8 @@ def queries(backend: str, file: str = "queries.sql") -> dict[str, str]:
 def migrations(backend: str, after: int) -> list[tuple[int, str]]:
     """(version, script) of every migration past ``after``, in order."""
     found = []
-    for entry in _dir(backend).joinpath("migrations").iterdir():
+    folder = _dir(backend).joinpath("migrations")
+    for entry in folder.iterdir() if folder.is_dir() else ():
         match = re.fullmatch(r"(\d{4})\.sql", entry.name)
         if match and int(match.group(1)) > after:
             found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
