@@ -13,7 +13,8 @@ RUNTIME_EXTRAS = ("postgres",)
 
 with open(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
-dependencies = project["dependencies"] + [d for extra in RUNTIME_EXTRAS for d in project["optional-dependencies"][extra]]
+extras = project["optional-dependencies"]
+dependencies = project["dependencies"] + [d for extra in RUNTIME_EXTRAS for d in extras[extra]]
 for dependency in dependencies:
     match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*>=\s*([^,;\s]+)", dependency)
     if match is None:

@@ -5,6 +5,7 @@ Shared by ``BatchManager(...)`` keyword arguments, ``asyncbatch run`` and ``asyn
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -58,12 +59,14 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
         )
 
     def spool_for(self, store_url: str) -> Path:
-        """Where shard files are built: beside a SQLite file, else in the user's cache directory."""
+        """Where shard files are built: beside a SQLite file, else in the user's cache directory, in a folder of
+        each store's own (two databases may both have a job "x" with a shard 1: a spool file is reused when it
+        exists, so one store must never find another's)."""
         if self.spool_dir is not None:
             return Path(self.spool_dir)
         if "://" not in store_url:
             return Path(store_url + ".spool") if store_url != ":memory:" else Path(".asyncbatch-spool")
         cache = os.environ.get("XDG_CACHE_HOME")
         base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
-        return base / "asyncbatch" / "spool"
+        return base / "asyncbatch" / "spool" / hashlib.sha256(store_url.encode()).hexdigest()[:16]
 

@@ -13,8 +13,8 @@ from tests.helpers import API_KEY, chat_line, write_jsonl
 FAST = ("--poll-interval", "0.05", "--max-poll-interval", "0.2")
 
 
-async def test_submit_run_status_list_results(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
+async def test_submit_run_status_list_results(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     lines = [chat_line(f"r{i}") for i in range(6)] + [chat_line("bad", "[[fail:400]]")]
     path = write_jsonl(tmp_path / "in.jsonl", lines)
     async with run_emulator(EmulatorConfig(complete_after=0.2), data_dir=tmp_path / "emu") as emu:
@@ -68,8 +68,8 @@ async def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (args, err)
 
 
-async def test_cancel_from_the_command_line(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
+async def test_cancel_from_the_command_line(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(4)])
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
         _, out, _ = await cli("submit", str(path), "--db", str(db), "--base-url", emu.openai_base_url)
@@ -94,8 +94,8 @@ async def test_help_lists_the_commands() -> None:
     assert API_KEY not in text
 
 
-async def test_wait_drives_one_job_and_leaves_the_others(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
+async def test_wait_drives_one_job_and_leaves_the_others(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     path = write_jsonl(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(3)])
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
         ids = []

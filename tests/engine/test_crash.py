@@ -34,8 +34,7 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
-async def submit(tmp_path: Path, emu: Any, lines: list[dict[str, Any]], *extra: str) -> tuple[Path, str]:
-    db = tmp_path / "jobs.db"
+async def submit(db: str, tmp_path: Path, emu: Any, lines: list[dict[str, Any]], *extra: str) -> tuple[str, str]:
     path = write_jsonl(tmp_path / "input.jsonl", lines)
     code, out, err = await cli("submit", str(path), "--db", str(db), "--base-url", emu.openai_base_url, *extra)
     assert code == 0, err
@@ -54,10 +53,10 @@ POINTS = ["after_upload", "before_create", "after_create", "during_poll", "mid_i
           "after_resubmit_plan", "after_create:2", "mid_ingest:3"]
 
 
-async def test_sigkill_at_every_failpoint_then_resume_loses_nothing_and_pays_once(tmp_path: Path) -> None:
+async def test_sigkill_at_every_failpoint_then_resume_loses_nothing_and_pays_once(tmp_path: Path, db_url: str) -> None:
     config = EmulatorConfig(complete_after=0.3)
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        db, job_id = await submit(tmp_path, emu, crash_lines(600))
+        db, job_id = await submit(db_url, tmp_path, emu, crash_lines(600))
         for point in POINTS:
             code, _, err = await cli("run", "--db", str(db), *RUN, env=cli_env(ASYNCBATCH_FAILPOINTS=point))
             assert code == -signal.SIGKILL, f"failpoint {point} was not reached (exit {code}): {err[-500:]}"
@@ -70,7 +69,7 @@ async def test_sigkill_at_every_failpoint_then_resume_loses_nothing_and_pays_onc
         assert len(emu.ledger.batches_created()) > 5
 
 
-async def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+async def test_sigkill_at_random_moments_then_resume(tmp_path: Path, db_url: str) -> None:
     import random
 
     rng = random.Random(11)  # seeded: a failure can be replayed
@@ -78,7 +77,7 @@ async def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     lines = [chat_line(f"req-{i:05d}", f"item {i}" + (" [[fail_attempts:2]]" if i % 7 == 0 else ""))
              for i in range(400)]
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        db, job_id = await submit(tmp_path, emu, lines)
+        db, job_id = await submit(db_url, tmp_path, emu, lines)
         kills = 0
         for _ in range(40):
             proc = await anyio.open_process([sys.executable, "-m", "asyncbatch", "run", "--db", str(db), *RUN],
@@ -96,10 +95,10 @@ async def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
         verify_exactly_once(db, emu.ledger, job_id, expect_all_succeeded=True)
 
 
-async def test_two_processes_on_one_store_finish_without_double_submission(tmp_path: Path) -> None:
+async def test_two_processes_on_one_store_finish_without_double_submission(tmp_path: Path, db_url: str) -> None:
     config = EmulatorConfig(complete_after=0.3)
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        db, job_id = await submit(tmp_path, emu, crash_lines(500))
+        db, job_id = await submit(db_url, tmp_path, emu, crash_lines(500))
         results: list[tuple[int, str, str]] = []
 
         async def one() -> None:
@@ -112,9 +111,9 @@ async def test_two_processes_on_one_store_finish_without_double_submission(tmp_p
         verify_exactly_once(db, emu.ledger, job_id, expect_all_succeeded=True)
 
 
-async def test_sigterm_stops_within_seconds_and_says_so(tmp_path: Path) -> None:
+async def test_sigterm_stops_within_seconds_and_says_so(tmp_path: Path, db_url: str) -> None:
     async with run_emulator(EmulatorConfig(complete_after=30), data_dir=tmp_path / "emu") as emu:
-        db, job_id = await submit(tmp_path, emu, crash_lines(20))
+        db, job_id = await submit(db_url, tmp_path, emu, crash_lines(20))
         proc = await anyio.open_process([sys.executable, "-m", "asyncbatch", "run", "--db", str(db), *RUN],
                                         env=cli_env())
         await anyio.sleep(1.5)

@@ -27,13 +27,15 @@ def provider(emu: Any) -> OpenAIProvider:
     return OpenAIProvider(api_key=API_KEY, base_url=emu.openai_base_url, retry=FAST_RETRY)
 
 
-def manager(db: Path, emu: Any, **options: Any) -> BatchManager:
+def manager(db: Path | str, emu: Any, **options: Any) -> BatchManager:
     options.setdefault("poll_interval", 0.02)
     options.setdefault("max_poll_interval", 0.1)
     return BatchManager(db, provider=provider(emu), **options)
 
 
-async def run_job(db: Path, emu: Any, lines: list[dict[str, Any]], *, max_attempts: int = 3, **options: Any) -> Any:
+async def run_job(
+    db: Path | str, emu: Any, lines: list[dict[str, Any]], *, max_attempts: int = 3, **options: Any
+) -> Any:
     async with manager(db, emu, **options) as bm:
         job = await bm.submit(lines, max_attempts=max_attempts)
         with anyio.fail_after(60):
@@ -43,10 +45,10 @@ async def run_job(db: Path, emu: Any, lines: list[dict[str, Any]], *, max_attemp
     return job, results, shards
 
 
-async def test_happy_path_every_result_once_with_body_and_usage(tmp_path: Path) -> None:
+async def test_happy_path_every_result_once_with_body_and_usage(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"row-{i}", f"classify item {i}") for i in range(50)]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        job, results, shards = await run_job(db_url, emu, lines)
         ledger = emu.ledger
     assert job.status is JobStatus.DONE
     assert job.counts.completed == 50 and job.counts.failed == 0 and job.counts.total == 50
@@ -57,16 +59,16 @@ async def test_happy_path_every_result_once_with_body_and_usage(tmp_path: Path) 
     assert r.usage is not None and r.usage.input_tokens > 0 and r.usage.output_tokens > 0
     assert r.batch_id == shards[0].batch_id
     assert len(shards) == 1 and shards[0].batch_status == "completed"
-    assert verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+    assert verify_exactly_once(db_url, ledger, job.id, expect_all_succeeded=True)
 
 
-async def test_mixed_models_and_endpoints_become_one_batch_each(tmp_path: Path) -> None:
+async def test_mixed_models_and_endpoints_become_one_batch_each(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"a{i}", model="gpt-5.4-mini") for i in range(5)]
     lines += [chat_line(f"b{i}", model="gpt-5.4-nano") for i in range(4)]
     lines += [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
                "body": {"model": "text-embedding-3-small", "input": f"text {i}"}} for i in range(3)]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        job, results, shards = await run_job(db_url, emu, lines)
         created = emu.ledger.batches_created()
     assert job.counts.completed == 12
     assert sorted((s.endpoint, s.model, s.request_count) for s in shards) == [
@@ -89,22 +91,22 @@ async def test_limits_split_a_job_into_several_batches(tmp_path: Path) -> None:
     assert all(s.bytes <= one_size * 10 for s in shards2) and len(shards2) == 3
 
 
-async def test_retryable_failures_are_resubmitted_until_they_succeed(tmp_path: Path) -> None:
+async def test_retryable_failures_are_resubmitted_until_they_succeed(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}") for i in range(20)]
     async with run_emulator(EmulatorConfig(fail_attempts=2), data_dir=tmp_path / "emu") as emu:
-        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
+        job, results, shards = await run_job(db_url, emu, lines, max_attempts=3)
         ledger = emu.ledger
         assert all(ledger.submissions(f"r{i}") == 3 and ledger.billed_count(f"r{i}") == 1 for i in range(20))
     assert job.counts.completed == 20
     assert {r.attempt for r in results.values()} == {3}
     assert sorted(s.attempt for s in shards) == [1, 2, 3]
-    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+    verify_exactly_once(db_url, ledger, job.id, expect_all_succeeded=True)
 
 
-async def test_retryable_failures_stop_at_max_attempts_and_keep_the_error(tmp_path: Path) -> None:
+async def test_retryable_failures_stop_at_max_attempts_and_keep_the_error(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}") for i in range(5)]
     async with run_emulator(EmulatorConfig(fail_attempts=5), data_dir=tmp_path / "emu") as emu:
-        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=2)
+        job, results, _ = await run_job(db_url, emu, lines, max_attempts=2)
         assert emu.ledger.submissions("r0") == 2
     assert job.status is JobStatus.DONE and job.counts.failed == 5
     r = results["r0"]
@@ -112,10 +114,10 @@ async def test_retryable_failures_stop_at_max_attempts_and_keep_the_error(tmp_pa
     assert r.error is not None and r.error.message
 
 
-async def test_permanent_failures_are_not_retried(tmp_path: Path) -> None:
+async def test_permanent_failures_are_not_retried(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line("good"), chat_line("bad", "please [[fail:400]]")]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
-        _, results, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_attempts=3)
+        _, results, _ = await run_job(db_url, emu, lines, max_attempts=3)
         assert emu.ledger.submissions("bad") == 1
     assert results["good"].ok
     bad = results["bad"]
@@ -123,23 +125,23 @@ async def test_permanent_failures_are_not_retried(tmp_path: Path) -> None:
     assert bad.body["error"]["type"] == "invalid_request_error"
 
 
-async def test_expired_batch_requests_are_resubmitted(tmp_path: Path) -> None:
+async def test_expired_batch_requests_are_resubmitted(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}") for i in range(40)]
     config = EmulatorConfig(expire_batches=[1], expire_done_fraction=0.5)
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        job, results, shards = await run_job(db_url, emu, lines)
         ledger = emu.ledger
     assert shards[0].batch_status == "expired"
     assert job.counts.completed == 40
     attempts = Counter(r.attempt for r in results.values())
     assert attempts[1] > 0 and attempts[2] > 0 and attempts[1] + attempts[2] == 40
-    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+    verify_exactly_once(db_url, ledger, job.id, expect_all_succeeded=True)
 
 
-async def test_cancel_stops_the_job_and_keeps_the_store_consistent(tmp_path: Path) -> None:
+async def test_cancel_stops_the_job_and_keeps_the_store_consistent(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}") for i in range(10)]
     async with run_emulator(EmulatorConfig(complete_after=30), data_dir=tmp_path / "emu") as emu:
-        async with manager(tmp_path / "jobs.db", emu) as bm:
+        async with manager(db_url, emu) as bm:
             job = await bm.submit(lines)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(bm.wait, job.id)
@@ -153,43 +155,43 @@ async def test_cancel_stops_the_job_and_keeps_the_store_consistent(tmp_path: Pat
     assert job.status is JobStatus.CANCELLED and job.counts.cancelled == 10
     assert shards[0].batch_status == "cancelled"
     assert ledger.totals().billed == 0
-    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id)
+    verify_exactly_once(db_url, ledger, job.id)
 
 
-async def test_429_and_5xx_storms_and_dropped_connections_are_survived(tmp_path: Path) -> None:
+async def test_429_and_5xx_storms_and_dropped_connections_are_survived(tmp_path: Path, db_url: str) -> None:
     storm = FaultSpec(rate_429=0.25, rate_500=0.1, rate_503=0.1, drop_rate=0.1, retry_after=0.01)
     lines = [chat_line(f"r{i}") for i in range(30)]
     async with run_emulator(EmulatorConfig(faults={"*": storm}, seed=3), data_dir=tmp_path / "emu") as emu:
-        job, _, _ = await run_job(tmp_path / "jobs.db", emu, lines, max_requests_per_batch=10)
+        job, _, _ = await run_job(db_url, emu, lines, max_requests_per_batch=10)
         ledger = emu.ledger
         assert sum(ledger.totals().faults.values()) > 5  # the storm really happened
     assert job.counts.completed == 30
-    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+    verify_exactly_once(db_url, ledger, job.id, expect_all_succeeded=True)
 
 
-async def test_truncated_downloads_are_retried_to_a_complete_result(tmp_path: Path) -> None:
+async def test_truncated_downloads_are_retried_to_a_complete_result(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}", "long text " * 20) for i in range(200)]
     config = EmulatorConfig(faults={"files_content": FaultSpec(truncate_rate=1.0, max_faults=2)})
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        job, results, _ = await run_job(tmp_path / "jobs.db", emu, lines)
+        job, results, _ = await run_job(db_url, emu, lines)
         assert emu.ledger.totals().faults.get("truncate", 0) >= 1
     assert job.counts.completed == 200 and len(results) == 200
 
 
-async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(tmp_path: Path) -> None:
+async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}") for i in range(10)]
     config = EmulatorConfig(faults={"batches_create": FaultSpec(drop_after_create_rate=1.0, max_faults=1)})
     async with run_emulator(config, data_dir=tmp_path / "emu") as emu:
-        job, _, shards = await run_job(tmp_path / "jobs.db", emu, lines)
+        job, _, shards = await run_job(db_url, emu, lines)
         created = emu.ledger.batches_created()
         ledger = emu.ledger
     assert len(created) == 1 and shards[0].batch_id == created[0].id
-    verify_exactly_once(tmp_path / "jobs.db", ledger, job.id, expect_all_succeeded=True)
+    verify_exactly_once(db_url, ledger, job.id, expect_all_succeeded=True)
 
 
-async def test_results_export_in_openai_output_format(tmp_path: Path) -> None:
+async def test_results_export_in_openai_output_format(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line("ok"), chat_line("bad", "[[fail:400]]")]
-    db = tmp_path / "jobs.db"
+    db = db_url
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
         job = await bm.submit(lines)
         await bm.wait(job.id)
@@ -220,10 +222,10 @@ async def test_max_attempts_is_bounded(tmp_path: Path, max_attempts: int) -> Non
             await bm.submit([chat_line("a")], max_attempts=max_attempts)
 
 
-async def test_job_cost_is_priced_from_the_store(tmp_path: Path) -> None:
+async def test_job_cost_is_priced_from_the_store(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}", "price me " * 30, model="gpt-4o-mini") for i in range(5)]
     lines.append(chat_line("x", model="no-such-model-anywhere"))
-    db = tmp_path / "jobs.db"
+    db = db_url
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
         job = await bm.submit(lines)
         job = await bm.wait(job.id)
@@ -236,9 +238,9 @@ async def test_job_cost_is_priced_from_the_store(tmp_path: Path) -> None:
     assert 0 < report.batch_cost < report.live_cost
 
 
-async def test_raw_bodies_are_the_stored_json_and_decode_to_the_same_results(tmp_path: Path) -> None:
+async def test_raw_bodies_are_the_stored_json_and_decode_to_the_same_results(tmp_path: Path, db_url: str) -> None:
     lines = [chat_line(f"r{i}", f"text {i}") for i in range(5)] + [chat_line("bad", "[[fail:400]]")]
-    db = tmp_path / "jobs.db"
+    db = db_url
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu, manager(db, emu) as bm:
         job = await bm.submit(lines)
         await bm.wait(job.id)
