@@ -122,7 +122,8 @@ class PostgresStore:
             return
         await self._retrying(self._prepare)
         pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = psycopg_pool.AsyncConnectionPool(
-            self._dsn, min_size=1, max_size=self._pool_size, open=False, timeout=self._connect_timeout,
+            self._dsn, min_size=1, max_size=self._pool_size, open=False,
+            timeout=min(self._connect_timeout, max(1.0, self.retry_for)),
             kwargs=self._connect_kwargs(), name="asyncbatch",
         )
         await pool.open(wait=False)
@@ -137,20 +138,20 @@ class PostgresStore:
 
     async def _prepare(self) -> None:
         """Refuse a newer schema before writing anything; make a new store, or migrate an older one, each
-        version in one transaction under an advisory lock (another process opening it meanwhile waits)."""
+        version in one transaction. An advisory lock makes other processes opening it meanwhile wait, then
+        find the work done (looked at again in a transaction of its own: a fresh view of the catalog)."""
         async with await self._connect() as conn:
-            version = await self._check_version(conn)
-            if version == SCHEMA_VERSION:
+            if await self._check_version(conn) == SCHEMA_VERSION:
                 return
-            for target, script in [(SCHEMA_VERSION, schema("postgres"))] if version == 0 else \
-                    migrations("postgres", version):
+            await conn.execute(_Q["migration_lock"])
+            version = await self._check_version(conn)
+            steps = [(SCHEMA_VERSION, schema("postgres"))] if version == 0 else migrations("postgres", version)
+            for target, script in steps:
                 async with conn.transaction():
-                    await conn.execute(_Q["migration_lock"])
-                    if await self._check_version(conn) >= target:
-                        continue  # another process did it while we waited for the lock
                     await conn.execute(script.encode())
                     await conn.execute(_Q["set_schema_version"], {"version": target})
-            self.migrated_from = version
+            if steps:
+                self.migrated_from = version
 
     async def _check_version(self, conn: psycopg.AsyncConnection[Any]) -> int:
         cur = await conn.execute(_Q["has_tables"])
@@ -223,6 +224,8 @@ class PostgresStore:
             try:
                 return await attempt()
             except psycopg.Error as exc:
+                if isinstance(exc, psycopg_pool.PoolTimeout):
+                    exc = await self._why_no_connection(exc)
                 if not self._transient(exc):
                     raise self._problem(exc) from exc
                 now = time.monotonic()
@@ -236,6 +239,17 @@ class PostgresStore:
                             self._scrub(str(exc).strip() or type(exc).__name__), delay)
                 await anyio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+                if self._pool is not None:  # the idle connections died with the one that failed, most likely
+                    await self._pool.check()
+
+    async def _why_no_connection(self, pool_timeout: psycopg.Error) -> psycopg.Error:
+        """The pool had no connection to give: connect once ourselves, to learn why (a database dropped, a
+        password changed: no wait mends those)."""
+        try:
+            await (await self._connect()).close()
+        except psycopg.Error as exc:
+            return exc
+        return pool_timeout
 
     async def _tx(self, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
         """Run ``body`` in one write transaction, as a whole again after a lost connection.

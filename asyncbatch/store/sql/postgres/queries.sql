@@ -12,8 +12,9 @@ SELECT to_regclass('jobs') IS NOT NULL, to_regclass('schema_version') IS NOT NUL
 INSERT INTO schema_version (version) VALUES (%(version)s);
 
 -- name: migration_lock
--- One upgrade at a time, whoever opens the store: the others wait, then find the schema done.
-SELECT pg_advisory_xact_lock(7308402913);
+-- One upgrade at a time, whoever opens the store: the others wait, then find the schema done. Held by the
+-- session, until its connection closes.
+SELECT pg_advisory_lock(7308402913);
 
 -- name: xid
 -- This transaction's id: if the connection drops while COMMIT is in flight, txid_status tells whether it landed.
