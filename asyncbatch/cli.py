@@ -187,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="response bodies as the provider sent them, or as OpenAI chat.completion bodies")
     p.add_argument("--all-attempts", action="store_true", help="one line per attempt instead of the final one")
 
+    p = sub.add_parser("db", help="the job store itself: upgrade its schema, copy it into another store")
+    actions = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    with_db(actions.add_parser("upgrade", help="bring the store's schema up to this asyncbatch's version (stop "
+                                               "older workers first); an empty PostgreSQL database gets it"))
+    p = actions.add_parser("copy", help="copy a store (stop its workers first) into a new one, e.g. a SQLite file "
+                                        "into PostgreSQL: jobs, requests, results and in-flight batches, which "
+                                        "carry on there")
+    p.add_argument("--from", dest="source", required=True, metavar="STORE",
+                   help="the store to copy: a SQLite file, sqlite:///path, or postgresql://...")
+    p.add_argument("--to", dest="target", required=True, metavar="STORE",
+                   help="a store that holds no job yet; its schema is created or upgraded first")
+
     emulator = sub.add_parser("emulator", help="run the local emulator of the provider batch APIs")
     from .emulator import cli as emulator_cli
 
@@ -522,6 +534,58 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(args.dir, requests=args.requests)
 
 
+async def _db(args: argparse.Namespace) -> int:
+    from .store import open_store
+    from .store.sql import SCHEMA_VERSION
+
+    if args.db_command == "copy":
+        return await _db_copy(args)
+    store = open_store(_existing_store(args.db))
+    await store.open()
+    await store.close()
+    was = store.migrated_from
+    if was is None:
+        print(f"{store.url}: schema version {SCHEMA_VERSION}, nothing to do")
+    elif was == 0:
+        print(f"{store.url}: created at schema version {SCHEMA_VERSION}")
+    else:
+        print(f"{store.url}: schema version {was} -> {SCHEMA_VERSION}")
+    return 0
+
+
+async def _db_copy(args: argparse.Namespace) -> int:
+    """Copy every row into a store that holds no job yet, once no live worker holds a lease on the source: the
+    copy's shards are free, and a worker on the new store carries on with each (a batch in flight is polled
+    there, a shard mid-create is reconciled by its token)."""
+    from .engine.leases import owner_is_dead
+    from .errors import StoreError
+    from .model import ShardPhase
+    from .store import open_store
+
+    source, target = open_store(_existing_store(store_path(args.source))), open_store(store_path(args.target))
+    if source.url == target.url:
+        raise StoreError(f"--from and --to name the same store: {source.url}")
+    await source.open()
+    try:
+        for job_id in await source.unfinished_job_ids():
+            if busy := {o for o in await source.lease_holders(job_id) if not owner_is_dead(o)}:
+                raise StoreError(f"job {job_id} is being run by {', '.join(sorted(busy))}: stop the workers on "
+                                 f"{source.url} first (or wait until their leases lapse), then copy")
+        in_flight = sum(n for phase, n in (await source.stats()).shards.items()
+                        if phase in (ShardPhase.CREATING, ShardPhase.SUBMITTED, ShardPhase.ENDED))
+        await target.open()
+        try:
+            counts = await target.load(source.dump())
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    print(f"copied {counts.get('jobs', 0)} jobs, {counts.get('requests', 0)} requests, "
+          f"{counts.get('results', 0)} results and {counts.get('shards', 0)} shards ({in_flight} with a batch at "
+          f"the provider) from {source.url} to {target.url}; point every process at the new store")
+    return 0
+
+
 async def _worker(args: argparse.Namespace) -> int:
     from .engine import EngineConfig
     from .worker import run_worker
@@ -560,6 +624,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "cost": _cost,
     "results": _results,
     "demo": _demo,
+    "db": _db,
 }
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import BatchClaimedError, LeaseLostError
 from ..model import (
@@ -68,6 +68,7 @@ class Store(Protocol):
     """The durable job store (see ``SQLiteStore`` for the semantics of each call, and ``tests/store``)."""
 
     url: str  # how the store was named, without credentials (for messages)
+    migrated_from: int | None  # the schema version the last open() brought up to date (0: created), else None
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -179,6 +180,16 @@ class Store(Protocol):
     async def acknowledge(self, job_id: str, custom_ids: Iterable[str]) -> None: ...
     async def audit(self, job_id: str) -> JobAudit: ...
     async def stats(self) -> StoreStats: ...
+
+    # --- moving a store (``asyncbatch db copy``) ----------------------------------------------------------------
+
+    def dump(self, chunk: int = ...) -> AsyncIterator[tuple[str, list[tuple[Any, ...]]]]:
+        """Every row of every table (``store.sql.TABLES``: columns in order, leases left out), as (table, rows)
+        pages, parents first; values are the same Python types on every backend."""
+
+    async def load(self, dump: AsyncIterator[tuple[str, list[tuple[Any, ...]]]]) -> dict[str, int]:
+        """Fill this store, which holds no job yet, with a ``dump`` of another (any backend), in one
+        transaction; returns the rows of each table."""
 
 
 class GatewayStore(Protocol):

@@ -60,7 +60,7 @@ from ..model import (
     StoredResult,
     StoreStats,
 )
-from .sql import SCHEMA_VERSION, migrations, queries, schema
+from .sql import SCHEMA_VERSION, TABLES, dump_query, migrations, queries, schema
 from .sqlite import _job, _job_params, _shard, _stored_result
 
 log = logging.getLogger("asyncbatch")
@@ -735,6 +735,52 @@ class PostgresStore:
             requests={"pending": pending, "in_flight": in_flight, "failed": failed, "cancelled": cancelled,
                       "succeeded": total - pending - in_flight - failed - cancelled},
         )
+
+    # --- moving a store (``asyncbatch db copy``) -------------------------------------------------------------
+
+    async def dump(self, chunk: int = 10_000) -> AsyncIterator[tuple[str, list[tuple[Any, ...]]]]:
+        """Every row of every table of ``TABLES`` (parents first), a keyset page per read."""
+        for table in TABLES:
+            keys = [table.names.index(k) for k in table.key]
+            after: dict[str, Any] | None = None
+            while True:
+                query = dump_query(table, first=after is None, marker="%({})s")
+                params = {**(after or {}), "limit": chunk}
+                rows = await self._with_conn(partial(_fetch, query=query, params=params))
+                if not rows:
+                    break
+                yield table.name, rows
+                after = {k: rows[-1][i] for k, i in zip(table.key, keys, strict=True)}
+
+    async def load(self, dump: AsyncIterator[tuple[str, list[tuple[Any, ...]]]]) -> dict[str, int]:
+        """Fill an empty store with a dump by COPY, in one transaction; returns the rows of each table. The
+        identity columns go on after the highest id copied. The dump streams through once: a connection lost
+        midway rolls the whole copy back, and the error says to run it again."""
+        tables = {table.name: table for table in TABLES}
+        started = False
+
+        async def body(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+            nonlocal started
+            if started:
+                raise StoreError(f"the connection to the job store {self.url} was lost during the copy: nothing "
+                                 "was copied, run it again")
+            if (await (await conn.execute(_Q["job_count"])).fetchone() or (0,))[0]:
+                raise StoreError(f"job store {self.url} holds jobs already: a copy goes into a new store")
+            counts: dict[str, int] = {}
+            async for name, rows in dump:
+                started = True
+                async with conn.cursor().copy(f"COPY {name} ({', '.join(tables[name].names)}) FROM STDIN") as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+                counts[name] = counts.get(name, 0) + len(rows)
+            await conn.execute(_Q["restart_ids"])
+            return counts
+
+        return await self._tx(body)
+
+
+async def _fetch(conn: psycopg.AsyncConnection[Any], *, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return await (await conn.execute(query.encode(), params)).fetchall()
 
 
 class _Planning:

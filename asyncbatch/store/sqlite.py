@@ -55,7 +55,17 @@ from ..model import (
     StoredResult,
     StoreStats,
 )
-from .sql import SCHEMA_VERSION, migrations, queries, schema, statements
+from .sql import (
+    SCHEMA_VERSION,
+    TABLES,
+    dump_query,
+    insert_query,
+    migrations,
+    portable,
+    queries,
+    schema,
+    statements,
+)
 from .sqlite_gateway import SQLiteGateway
 
 _Q = queries("sqlite")
@@ -99,6 +109,7 @@ class SQLiteStore(SQLiteGateway):
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened, see _check_file
+        self.migrated_from: int | None = None  # the version an open() upgraded (0: created), for `db upgrade`
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}{', read_only=True' if self.read_only else ''})"
@@ -258,6 +269,7 @@ class SQLiteStore(SQLiteGateway):
             async with db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs'") as cur:
                 fresh = not (await cur.fetchone() or (0,))[0]
             steps = [(SCHEMA_VERSION, schema("sqlite"))] if fresh else migrations("sqlite", version)
+            self.migrated_from = 0 if fresh else version
         elif stamp:
             steps = [(SCHEMA_VERSION, "")]
         for target, script in steps:
@@ -757,6 +769,32 @@ class SQLiteStore(SQLiteGateway):
             requests={"pending": pending, "in_flight": in_flight, "failed": failed, "cancelled": cancelled,
                       "succeeded": total - pending - in_flight - failed - cancelled},
         )
+
+    # --- moving a store (``asyncbatch db copy``) -------------------------------------------------------------
+
+    async def dump(self, chunk: int = 10_000) -> AsyncIterator[tuple[str, list[tuple[Any, ...]]]]:
+        """Every row of every table of ``TABLES`` (parents first), a keyset page per read."""
+        for table in TABLES:
+            keys = [table.names.index(k) for k in table.key]
+            after: dict[str, Any] | None = None
+            while rows := await self._read(dump_query(table, first=after is None, marker=":{}"),
+                                           {**(after or {}), "limit": chunk}):
+                page = portable(table, rows)
+                yield table.name, page
+                after = {k: page[-1][i] for k, i in zip(table.key, keys, strict=True)}
+
+    async def load(self, dump: AsyncIterator[tuple[str, list[tuple[Any, ...]]]]) -> dict[str, int]:
+        """Fill an empty store with a dump, in one transaction; returns the rows of each table."""
+        counts: dict[str, int] = {}
+        tables = {table.name: table for table in TABLES}
+        async with self._tx() as db:
+            async with db.execute(_Q["job_count"]) as cur:
+                if (await cur.fetchone() or (0,))[0]:
+                    raise StoreError(f"job store {self.path} holds jobs already: a copy goes into a new store")
+            async for name, rows in dump:
+                await db.executemany(insert_query(tables[name], "?"), rows)
+                counts[name] = counts.get(name, 0) + len(rows)
+        return counts
 
 
 class _Planning:

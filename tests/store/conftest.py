@@ -13,20 +13,22 @@ from asyncbatch.store import Store, open_store
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
-#: Backends the contract suite runs on, each giving the URL of a fresh, empty database.
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
-    "sqlite": lambda request, tmp_path: str(tmp_path / "store.db"),
-    "postgres": lambda request, tmp_path: str(request.getfixturevalue("pg_url")),
+#: Backends the contract suite runs on, each giving the URL of a fresh, empty database (a second one on request).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path, bool], str]] = {
+    "sqlite": lambda request, tmp_path, other: str(tmp_path / ("other.db" if other else "store.db")),
+    "postgres": lambda request, tmp_path, other: (request.getfixturevalue("pg_server").database() if other
+                                                  else str(request.getfixturevalue("pg_url"))),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    url = BACKENDS[request.param](request, tmp_path)
+    """Stores on one database; ``stores(other=True)`` opens one on a second, fresh database."""
+    url = BACKENDS[request.param](request, tmp_path, False)
     opened: list[Store] = []
 
-    async def make(**options: Any) -> Store:
-        store = open_store(url, **options)
+    async def make(*, other: bool = False, **options: Any) -> Store:
+        store = open_store(BACKENDS[request.param](request, tmp_path, True) if other else url, **options)
         await store.open()
         opened.append(store)
         return store

@@ -21,6 +21,7 @@ from asyncbatch.errors import (
     JobConflictError,
     JobNotFoundError,
     LeaseLostError,
+    StoreError,
     ValidationError,
 )
 from asyncbatch.model import (
@@ -515,3 +516,41 @@ async def test_spool_rows_stream_in_chunks_without_holding_the_store(store: Stor
     await gen.__anext__()
     await gen.aclose()  # a consumer that stops half-way leaves nothing locked
     await store.set_job_status("job_1", JobStatus.RUNNING)
+
+
+# --- moving a store -----------------------------------------------------------------------------------------
+
+
+async def test_a_dump_loaded_into_a_new_store_carries_everything_but_the_leases(stores: StoreFactory) -> None:
+    source = await stores()
+    shard, lease, members = await ended(source, 30)
+    rids = sorted(rid for rid, _ in members.values())
+    await source.ingest(lease, [row(rids[0]), row(rids[1], ok=False)], [("stranger", b"{}")], finish=RETRY,
+                        succeeded=rids[:1])
+    await add_job(source, 5, "job_2", owner="t1", idempotency_key="k")
+    await source.request_cancel("job_2")
+    await add_job(source, 12, "job_3")
+    await plan_all(source, "job_3", ShardLimits(max_requests=5, max_bytes=10**6), wire)
+    (held, *_rest) = await source.claim_shards("job_3", OWNER_A, 60)
+    await source.shard_uploaded(held, "file-9")
+    await source.acknowledge("job_1", ["c0"])
+    target = await stores(other=True)
+    counts = await target.load(source.dump(chunk=7))  # pages smaller than a table: keyset paging is used
+    assert counts["requests"] == 47 and counts["shards"] == 4 and counts["orphan_results"] == 1
+    for job_id in ("job_1", "job_2", "job_3"):
+        assert await target.get_job(job_id) == await source.get_job(job_id)
+        assert await target.job_shards(job_id) == await source.job_shards(job_id)
+        assert await target.final_results(job_id) == await source.final_results(job_id)
+        assert await target.audit(job_id) == await source.audit(job_id)
+    assert await target.orphans("job_1") == [(shard.id, "stranger", b"{}")]
+    unconsumed = await target.final_results("job_1", unconsumed=True)
+    assert [r.custom_id for r in unconsumed] == ["c1"] == [r.custom_id for r in await source.final_results(
+        "job_1", unconsumed=True)]
+    assert await target.lease_holders("job_3") == set()  # the copy's shards are anybody's
+    (again,) = [lease for lease in await target.claim_shards("job_3", OWNER_B, 60) if lease.shard_id == held.shard_id]
+    assert again.token > held.token  # fencing tokens go on from the copied ones
+    await add_job(target, 2, "job_4")  # new ids go on after the copied ones
+    (new_shard,) = await plan_all(target, "job_4", LIMITS, wire)
+    assert new_shard.id > max(s.id for s in await source.job_shards("job_3"))
+    with pytest.raises(StoreError, match="holds jobs already"):
+        await target.load(source.dump())

@@ -73,6 +73,9 @@ ORDER BY created_at, id LIMIT 1;
 SELECT j.id FROM shards s JOIN jobs j ON j.id = s.job_id
 WHERE s.batch_id = %(key)s AND COALESCE(j.owner, '') = COALESCE(%(owner)s, '');
 
+-- name: job_count
+SELECT count(*) FROM jobs;
+
 -- name: job_exists
 SELECT 1 FROM jobs WHERE id = %(job_id)s;
 
@@ -369,3 +372,8 @@ SELECT
   (SELECT count(*) FROM requests WHERE state = 'failed'),
   (SELECT count(*) FROM requests WHERE state = 'cancelled'),
   (SELECT count(*) FROM requests);
+
+-- name: restart_ids
+-- After a copy brought rows with their ids: new rows are numbered after the highest.
+SELECT setval(pg_get_serial_sequence('requests', 'rid'), COALESCE((SELECT max(rid) FROM requests), 0) + 1, false),
+       setval(pg_get_serial_sequence('shards', 'id'), COALESCE((SELECT max(id) FROM shards), 0) + 1, false);

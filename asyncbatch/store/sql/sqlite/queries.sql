@@ -43,6 +43,9 @@ ORDER BY created_at, id LIMIT 1;
 SELECT j.id FROM shards s JOIN jobs j ON j.id = s.job_id
 WHERE s.batch_id = ?2 AND COALESCE(j.owner, '') = COALESCE(?1, '');
 
+-- name: job_count
+SELECT count(*) FROM jobs;
+
 -- name: job_exists
 SELECT 1 FROM jobs WHERE id = ?;
 
