@@ -46,8 +46,9 @@ def with_url_db(dsn: str, dbname: str) -> str:
 class Cluster:
     """A PostgreSQL cluster of its own in a temporary directory, reachable only through its unix socket."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, settings: str = "-c fsync=off -c full_page_writes=off") -> None:
         self.bindir = bindir
+        self.settings = settings
         self.root = Path(tempfile.mkdtemp(prefix="asyncbatch-pg-"))
         self.data = self.root / "data"
         self.dsn = f"postgresql://postgres@/postgres?host={self.root}"
@@ -65,7 +66,7 @@ class Cluster:
         self._start()
 
     def _start(self) -> None:
-        options = f"-k {self.root} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c max_connections=200"
+        options = f"-k {self.root} -c listen_addresses='' -c max_connections=200 {self.settings}"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
 
     def restart(self) -> None:

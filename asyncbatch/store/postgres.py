@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -70,9 +71,11 @@ _T = TypeVar("_T")
 _json = msgspec.json.encode
 _STATES = {state.value: state for state in RequestState}
 CHANNEL = "asyncbatch"
+_STAGED_TYPES = ["int8", "int4", "int8", "text", "int4", "bytea", "text", "text", "int8", "int8", "int8", "text",
+                 "text", "text"]
 #: psycopg errors that no wait mends: the caller's to fix (a wrong password, no such database).
 _FINAL_CONNECT = ("password authentication failed", "no password supplied", "does not exist",
-                  "role", "invalid connection option", "invalid URI", "certificate")
+                  "invalid connection option", "invalid URI", "certificate")
 #: SQLSTATEs retried besides lost connections: serialization failure, deadlock, read-only (a failover under way).
 _RETRY_STATES = {"40001", "40P01", "25006"}
 
@@ -109,6 +112,8 @@ class PostgresStore:
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._listener: psycopg.AsyncConnection[Any] | None = None
         self._listen_lock = anyio.Lock()
+        # connections whose session has the temporary table results are staged in
+        self._staging: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
         self.migrated_from: int | None = None
 
     def __repr__(self) -> str:
@@ -371,7 +376,7 @@ class PostgresStore:
                 await self._copy_requests(conn, job.id, chunk)
                 total += len(chunk)
             await conn.execute(_Q["complete_job"], {"routes": _json(job.routes).decode(),
-                                                    "content_hash": job.content_hash, "id": job.id})
+                                                    "content_hash": job.content_hash, "count": total, "id": job.id})
             return total
 
         return await self._tx(body)
@@ -657,7 +662,6 @@ class PostgresStore:
         The chunk is held in memory, so a transaction that lost its connection is replayed whole."""
         shard_id = lease.shard_id
         rows = list({(r.rid, r.attempt): r for r in results}.values())  # one upsert per key and statement
-        columns = _result_columns(rows, shard_id)
         unsettled = [r for r in rows if r.state is not RequestState.SUCCEEDED]
         settle = {"shard_id": shard_id, "rid": [r.rid for r in unsettled],
                   "state": [r.state.value for r in unsettled], "error_code": [r.error_code for r in unsettled],
@@ -669,7 +673,7 @@ class PostgresStore:
             if not (await conn.execute(_Q["shard_note"], {"error": None, **_lease(lease)})).rowcount:
                 raise LeaseLostError(f"shard {shard_id}: lease lost while ingesting")
             if rows:
-                await conn.execute(_Q["upsert_results"], columns)
+                await self._copy_results(conn, rows, shard_id)
             if unsettled:
                 await conn.execute(_Q["settle_requests"], settle)
             if strays:
@@ -684,6 +688,20 @@ class PostgresStore:
 
         await self._tx(body)
 
+    async def _copy_results(self, conn: psycopg.AsyncConnection[Any], rows: Sequence[ResultRow], shard_id: int) -> None:
+        """COPY a chunk (binary) into this connection's temporary table, then upsert it in one statement: the
+        values travel as they are, with no per-row statement and no array to build."""
+        if conn not in self._staging:
+            await conn.execute(_Q["create_staged_results"])
+            self._staging.add(conn)
+        async with conn.cursor().copy(_Q["copy_staged_results"]) as copy:
+            copy.set_types(_STAGED_TYPES)
+            for r in rows:
+                await copy.write_row((r.rid, r.attempt, shard_id, r.outcome.value, r.status_code, r.body, r.error_code,
+                                      r.error_message, r.input_tokens, r.output_tokens, r.cached_tokens, r.model,
+                                      r.request_id, r.line_id))
+        await conn.execute(_Q["upsert_staged_results"])
+
     async def shard_tally(self, shard_id: int) -> tuple[int, int, int]:
         succeeded, failed, again = (await self._rows("shard_tally", {"shard_id": shard_id}))[0]
         return int(succeeded), int(failed), int(again)
@@ -693,16 +711,26 @@ class PostgresStore:
     async def final_results(
         self, job_id: str, *, after_rid: int = 0, limit: int = 1000, unconsumed: bool = False
     ) -> list[StoredResult]:
-        rows = await self._rows("final_results", {"job_id": job_id, "after": after_rid, "all": not unconsumed,
-                                                  "limit": limit})
+        rows = await self._in_rid_order("final_results", {"job_id": job_id, "after": after_rid,
+                                                          "all": not unconsumed, "limit": limit})
         return [_stored_result(row) for row in rows]
 
     async def attempt_results(
         self, job_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 1000
     ) -> list[StoredResult]:
-        rows = await self._rows("all_attempt_results", {"job_id": job_id, "after_rid": after[0],
-                                                        "after_attempt": after[1], "limit": limit})
+        rows = await self._in_rid_order("all_attempt_results", {"job_id": job_id, "after_rid": after[0],
+                                                                "after_attempt": after[1], "limit": limit})
         return [_stored_result(row) for row in rows]
+
+    async def _in_rid_order(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A page of a job's requests along the primary key, within the job's rid range. The planner is told to
+        walk the key in order: before statistics know a new job, it would rather sort the whole job per page."""
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.transaction():
+                await conn.execute(_Q["walk_in_key_order"])
+                return await (await conn.execute(_Q[query], params)).fetchall()
+
+        return await self._with_conn(read)
 
     async def orphans(self, job_id: str) -> list[tuple[int, str, bytes]]:
         return [(int(s), str(w), bytes(line)) for s, w, line in await self._rows("orphans", {"job_id": job_id})]
@@ -774,6 +802,7 @@ class PostgresStore:
                         await copy.write_row(row)
                 counts[name] = counts.get(name, 0) + len(rows)
             await conn.execute(_Q["restart_ids"])
+            await conn.execute(_Q["derive_job_ranges"])
             return counts
 
         return await self._tx(body)
@@ -796,6 +825,7 @@ class _Planning:
         self._job_id = job_id
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._journal: list[tuple[str, Any, Any]] = []
+        self._after: dict[str, Any] | None = None  # the key of the last request read: the next page starts there
 
     async def begin(self) -> None:
         async def attempt() -> None:
@@ -805,8 +835,9 @@ class _Planning:
             await conn.execute("BEGIN")
             for op, args, expected in list(self._journal):
                 if await self._apply(op, args) != expected:
-                    raise StoreError(f"job {self._job_id}: planning was cut off by a lost connection and another "
-                                     "worker planned meanwhile; it will be planned again")
+                    raise StoreError(f"job {self._job_id}: planning was cut off by a lost connection, and another "
+                                     "worker planned the same requests meanwhile: nothing of this planning was "
+                                     "stored, run again")
 
         await self._store._retrying(attempt)
 
@@ -826,7 +857,11 @@ class _Planning:
         conn = self._conn
         assert conn is not None
         if op == "pending":
-            cur = await conn.execute(_Q["pending_for_planning"], {"job_id": self._job_id, "limit": args})
+            limit, after = args
+            if after is None:
+                cur = await conn.execute(_Q["pending_for_planning"], {"job_id": self._job_id, "limit": limit})
+            else:
+                cur = await conn.execute(_Q["pending_after"], {"job_id": self._job_id, "limit": limit, **after})
             return [PendingRequest(rid=r[0], custom_id=r[1], route=r[2], url=r[3], model=r[4], size=r[5],
                                    attempts=r[6]) for r in await cur.fetchall()]
         if op == "add_shard":
@@ -849,7 +884,10 @@ class _Planning:
         return None
 
     async def pending(self, limit: int) -> list[PendingRequest]:
-        rows: list[PendingRequest] = await self._call("pending", limit)
+        rows: list[PendingRequest] = await self._call("pending", (limit, self._after))
+        if rows:
+            last = rows[-1]
+            self._after = {"route": last.route, "url": last.url, "model": last.model or "", "rid": last.rid}
         return rows
 
     async def add_shard(self, shard: PlannedShard) -> int:
@@ -924,19 +962,6 @@ def _lease(lease: Lease) -> dict[str, Any]:
 def _batch_params(batch: RemoteBatch) -> dict[str, Any]:
     return {"batch_id": batch.id, "status": batch.status.value, "counts": _json(batch.counts).decode(),
             "errors": _json(batch.errors).decode(), "created_at": batch.created_at or None}
-
-
-def _result_columns(rows: Sequence[ResultRow], shard_id: int) -> dict[str, Any]:
-    """A chunk of results as one array per column, for ``upsert_results``."""
-    return {
-        "shard_id": shard_id, "rid": [r.rid for r in rows], "attempt": [r.attempt for r in rows],
-        "outcome": [r.outcome.value for r in rows], "status_code": [r.status_code for r in rows],
-        "body": [r.body for r in rows], "error_code": [r.error_code for r in rows],
-        "error_message": [r.error_message for r in rows], "input_tokens": [r.input_tokens for r in rows],
-        "output_tokens": [r.output_tokens for r in rows], "cached_tokens": [r.cached_tokens for r in rows],
-        "model": [r.model for r in rows], "request_id": [r.request_id for r in rows],
-        "line_id": [r.line_id for r in rows],
-    }
 
 
 def redact(url: str) -> str:

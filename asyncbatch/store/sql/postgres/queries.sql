@@ -34,13 +34,16 @@ VALUES (%(id)s, %(provider)s, %(base_url)s, %(provider_options)s, %(endpoint)s, 
         %(idempotency_key)s, %(content_hash)s);
 
 -- name: complete_job
-UPDATE jobs SET routes = %(routes)s, content_hash = %(content_hash)s WHERE id = %(id)s;
+-- What is known once every request is in: the routes they use, their digest, their number and rid range.
+UPDATE jobs SET routes = %(routes)s, content_hash = %(content_hash)s, request_count = %(count)s,
+                (first_rid, last_rid) = (SELECT min(rid), max(rid) FROM requests WHERE job_id = %(id)s)
+WHERE id = %(id)s;
 
 -- name: copy_requests
 COPY requests (job_id, custom_id, route, url, model, body, size) FROM STDIN (FORMAT BINARY);
 
 -- name: taken_custom_ids
-SELECT custom_id FROM requests WHERE job_id = %(job_id)s AND custom_id = ANY(%(custom_ids)s);
+SELECT custom_id FROM requests WHERE job_id = %(job_id)s AND custom_id = ANY(%(custom_ids)b::text[]);
 
 -- name: get_job
 SELECT id, provider, base_url, provider_options, endpoint, completion_window, max_attempts, metadata, status,
@@ -89,7 +92,7 @@ SELECT
   (SELECT count(*) FROM requests WHERE job_id = %(job_id)s AND state = 'in_flight'),
   (SELECT count(*) FROM requests WHERE job_id = %(job_id)s AND state = 'failed'),
   (SELECT count(*) FROM requests WHERE job_id = %(job_id)s AND state = 'cancelled'),
-  (SELECT count(*) FROM requests WHERE job_id = %(job_id)s);
+  (SELECT request_count FROM jobs WHERE id = %(job_id)s);
 
 -- name: set_job_status
 UPDATE jobs SET status = %(status)s, updated_at = %(now)s WHERE id = %(job_id)s AND status != %(status)s;
@@ -105,7 +108,16 @@ WHERE job_id = %(job_id)s AND state = 'pending';
 -- Rows another planner is reading are skipped, not waited for: two planners of one job fill different shards.
 SELECT rid, custom_id, route, url, model, size, attempts FROM requests
 WHERE job_id = %(job_id)s AND state = 'pending'
-ORDER BY route, url, model, rid LIMIT %(limit)s
+ORDER BY route, url, COALESCE(model, ''), rid LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: pending_after
+-- The next page of a planning session, after the last request it read: the index is entered there, instead of
+-- walking again past the entries of the requests this session took (they stay in the index until it commits).
+SELECT rid, custom_id, route, url, model, size, attempts FROM requests
+WHERE job_id = %(job_id)s AND state = 'pending'
+  AND (route, url, COALESCE(model, ''), rid) > (%(route)s, %(url)s, %(model)s, %(rid)s)
+ORDER BY route, url, COALESCE(model, ''), rid LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: insert_shard
@@ -119,11 +131,11 @@ UPDATE shards SET attempt = %(attempt)s, request_count = %(count)s, bytes = %(by
 -- name: insert_members
 INSERT INTO shard_members (shard_id, wire_id, rid, attempt)
 SELECT %(shard_id)s, u.wire_id, u.rid, u.attempt
-FROM unnest(%(wire_ids)s::text[], %(rids)s::bigint[], %(attempts)s::integer[]) AS u(wire_id, rid, attempt);
+FROM unnest(%(wire_ids)b::text[], %(rids)b::bigint[], %(attempts)b::integer[]) AS u(wire_id, rid, attempt);
 
 -- name: assign_requests
 UPDATE requests SET state = 'in_flight', shard_id = %(shard_id)s, attempts = attempts + 1
-WHERE rid = ANY(%(rids)s) AND state = 'pending';
+WHERE rid = ANY(%(rids)b::bigint[]) AND state = 'pending';
 
 -- name: lease_holders
 SELECT DISTINCT lease_owner FROM shards
@@ -140,7 +152,7 @@ WHERE id IN (
     SELECT id FROM shards
     WHERE job_id = %(job_id)s AND phase NOT IN ('ingested', 'abandoned')
       AND (lease_owner IS NULL
-           OR (lease_owner != %(owner)s AND (lease_expires < now() OR lease_owner = ANY(%(take_over)s))))
+           OR (lease_owner != %(owner)s AND (lease_expires < now() OR lease_owner = ANY(%(take_over)b::text[]))))
     ORDER BY id
     FOR UPDATE SKIP LOCKED)
 RETURNING id, lease_token;
@@ -176,7 +188,7 @@ SELECT id, job_id, attempt, token, phase, route, endpoint, model, request_count,
        provider_created_at, results_expire_at, last_error
 FROM shards
 WHERE job_id = %(job_id)s AND (batch_status = 'failed' OR phase = 'abandoned')
-  AND EXISTS (SELECT 1 FROM jsonb_array_elements(errors::jsonb) e WHERE e->>'code' = ANY(%(codes)s))
+  AND EXISTS (SELECT 1 FROM jsonb_array_elements(errors::jsonb) e WHERE e->>'code' = ANY(%(codes)b::text[]))
 ORDER BY id DESC LIMIT 1;
 
 -- name: spool_rows
@@ -240,20 +252,26 @@ WHERE id = %(shard_id)s AND phase NOT IN ('ingested', 'abandoned')
 SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = %(shard_id)s;
 
 -- name: member_requests_of
-SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = %(shard_id)s AND wire_id = ANY(%(wire_ids)s);
+SELECT wire_id, rid, attempt FROM shard_members WHERE shard_id = %(shard_id)s AND wire_id = ANY(%(wire_ids)b::text[]);
 
--- name: upsert_results
--- One statement per chunk: the chunk's columns as arrays (no statement per row).
+-- name: create_staged_results
+-- A chunk of results arrives here by COPY (one per session; emptied by every commit), then goes into results.
+CREATE TEMPORARY TABLE staged_results (
+    rid bigint, attempt integer, shard_id bigint, outcome text, status_code integer, body bytea, error_code text,
+    error_message text, input_tokens bigint, output_tokens bigint, cached_tokens bigint, model text,
+    request_id text, line_id text
+) ON COMMIT DELETE ROWS;
+
+-- name: copy_staged_results
+COPY staged_results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message, input_tokens,
+                     output_tokens, cached_tokens, model, request_id, line_id) FROM STDIN (FORMAT BINARY);
+
+-- name: upsert_staged_results
 INSERT INTO results (rid, attempt, shard_id, outcome, status_code, body, error_code, error_message,
                      input_tokens, output_tokens, cached_tokens, model, request_id, line_id)
-SELECT u.rid, u.attempt, %(shard_id)s, u.outcome, u.status_code, u.body, u.error_code, u.error_message,
-       u.input_tokens, u.output_tokens, u.cached_tokens, u.model, u.request_id, u.line_id
-FROM unnest(%(rid)s::bigint[], %(attempt)s::integer[], %(outcome)s::text[], %(status_code)s::integer[],
-            %(body)s::bytea[], %(error_code)s::text[], %(error_message)s::text[], %(input_tokens)s::bigint[],
-            %(output_tokens)s::bigint[], %(cached_tokens)s::bigint[], %(model)s::text[], %(request_id)s::text[],
-            %(line_id)s::text[])
-     AS u(rid, attempt, outcome, status_code, body, error_code, error_message, input_tokens, output_tokens,
-          cached_tokens, model, request_id, line_id)
+SELECT rid, attempt, shard_id, outcome, status_code, body, error_code, error_message, input_tokens, output_tokens,
+       cached_tokens, model, request_id, line_id
+FROM staged_results
 ON CONFLICT (rid, attempt) DO UPDATE SET
     shard_id = excluded.shard_id, outcome = excluded.outcome, status_code = excluded.status_code,
     body = excluded.body, error_code = excluded.error_code, error_message = excluded.error_message,
@@ -264,13 +282,13 @@ ON CONFLICT (rid, attempt) DO UPDATE SET
 -- name: settle_requests
 -- Requests a chunk ends that did not succeed (those are settled once per shard, by settle_succeeded).
 UPDATE requests r SET state = u.state, error_code = u.error_code, error_message = u.error_message
-FROM unnest(%(rid)s::bigint[], %(state)s::text[], %(error_code)s::text[], %(error_message)s::text[])
+FROM unnest(%(rid)b::bigint[], %(state)b::text[], %(error_code)b::text[], %(error_message)b::text[])
      AS u(rid, state, error_code, error_message)
 WHERE r.rid = u.rid AND r.shard_id = %(shard_id)s AND r.state = 'in_flight';
 
 -- name: settle_succeeded
 UPDATE requests SET state = 'succeeded', error_code = NULL, error_message = NULL
-WHERE rid = ANY(%(rids)s) AND shard_id = %(shard_id)s AND state = 'in_flight';
+WHERE rid = ANY(%(rids)b::bigint[]) AND shard_id = %(shard_id)s AND state = 'in_flight';
 
 -- name: shard_tally
 SELECT
@@ -281,28 +299,34 @@ FROM shard_members m JOIN requests r ON r.rid = m.rid WHERE m.shard_id = %(shard
 
 -- name: upsert_orphans
 INSERT INTO orphan_results (shard_id, wire_id, line)
-SELECT %(shard_id)s, u.wire_id, u.line FROM unnest(%(wire_ids)s::text[], %(lines)s::bytea[]) AS u(wire_id, line)
+SELECT %(shard_id)s, u.wire_id, u.line FROM unnest(%(wire_ids)b::text[], %(lines)b::bytea[]) AS u(wire_id, line)
 ON CONFLICT (shard_id, wire_id) DO UPDATE SET line = excluded.line;
 
 -- name: cancel_shard_members
 UPDATE requests SET state = %(state)s, error_code = %(error_code)s, error_message = %(error_message)s
-WHERE shard_id = %(shard_id)s AND state = 'in_flight';
+WHERE job_id = (SELECT job_id FROM shards WHERE id = %(shard_id)s) AND shard_id = %(shard_id)s
+  AND state = 'in_flight';
 
 -- name: refund_shard_members
 -- A try that does not count (the provider's queue was full, nothing ran): the attempt is given back.
 UPDATE requests SET state = 'pending', attempts = attempts - 1, error_code = %(error_code)s,
                     error_message = %(error_message)s
-WHERE shard_id = %(shard_id)s AND state = 'in_flight';
+WHERE job_id = (SELECT job_id FROM shards WHERE id = %(shard_id)s) AND shard_id = %(shard_id)s
+  AND state = 'in_flight';
 
 -- name: requeue_shard_members
 UPDATE requests SET state = CASE WHEN attempts < %(max_attempts)s THEN 'pending' ELSE 'failed' END,
                     error_code = %(error_code)s, error_message = %(error_message)s
-WHERE shard_id = %(shard_id)s AND state = 'in_flight';
+WHERE job_id = (SELECT job_id FROM shards WHERE id = %(shard_id)s) AND shard_id = %(shard_id)s
+  AND state = 'in_flight';
 
 -- name: live_work
 SELECT
   EXISTS (SELECT 1 FROM requests WHERE job_id = %(job_id)s AND state IN ('pending', 'in_flight')),
   EXISTS (SELECT 1 FROM shards WHERE job_id = %(job_id)s AND phase NOT IN ('ingested', 'abandoned'));
+
+-- name: walk_in_key_order
+SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off;
 
 -- name: final_results
 SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
@@ -311,8 +335,9 @@ SELECT r.rid, r.custom_id, r.state, r.attempts, r.error_code, r.error_message,
 FROM requests r
 LEFT JOIN results s ON s.rid = r.rid AND s.attempt = r.attempts
 LEFT JOIN shards sh ON sh.id = s.shard_id
-WHERE r.job_id = %(job_id)s AND r.state IN ('succeeded', 'failed', 'cancelled') AND r.rid > %(after)s
-  AND (%(all)s OR NOT r.consumed)
+WHERE r.rid > GREATEST(%(after)s, (SELECT first_rid - 1 FROM jobs WHERE id = %(job_id)s))
+  AND r.rid <= (SELECT last_rid FROM jobs WHERE id = %(job_id)s)
+  AND r.job_id = %(job_id)s AND r.state IN ('succeeded', 'failed', 'cancelled') AND (%(all)s OR NOT r.consumed)
 ORDER BY r.rid LIMIT %(limit)s;
 
 -- name: all_attempt_results
@@ -322,7 +347,9 @@ SELECT r.rid, r.custom_id, r.state, s.attempt, r.error_code, r.error_message,
 FROM requests r
 JOIN results s ON s.rid = r.rid
 LEFT JOIN shards sh ON sh.id = s.shard_id
-WHERE r.job_id = %(job_id)s AND (r.rid, s.attempt) > (%(after_rid)s, %(after_attempt)s)
+WHERE r.rid >= GREATEST(%(after_rid)s, (SELECT first_rid FROM jobs WHERE id = %(job_id)s))
+  AND r.rid <= (SELECT last_rid FROM jobs WHERE id = %(job_id)s)
+  AND r.job_id = %(job_id)s AND (r.rid, s.attempt) > (%(after_rid)s, %(after_attempt)s)
 ORDER BY r.rid, s.attempt LIMIT %(limit)s;
 
 -- name: orphans
@@ -330,7 +357,7 @@ SELECT o.shard_id, o.wire_id, o.line FROM orphan_results o JOIN shards s ON s.id
 WHERE s.job_id = %(job_id)s ORDER BY o.shard_id, o.wire_id;
 
 -- name: acknowledge
-UPDATE requests SET consumed = true WHERE job_id = %(job_id)s AND custom_id = ANY(%(custom_ids)s);
+UPDATE requests SET consumed = true WHERE job_id = %(job_id)s AND custom_id = ANY(%(custom_ids)b::text[]);
 
 -- name: audit_requests
 SELECT custom_id, state, attempts FROM requests WHERE job_id = %(job_id)s;
@@ -377,3 +404,9 @@ SELECT
 -- After a copy brought rows with their ids: new rows are numbered after the highest.
 SELECT setval(pg_get_serial_sequence('requests', 'rid'), COALESCE((SELECT max(rid) FROM requests), 0) + 1, false),
        setval(pg_get_serial_sequence('shards', 'id'), COALESCE((SELECT max(id) FROM shards), 0) + 1, false);
+
+-- name: derive_job_ranges
+-- After a copy: what complete_job would have recorded of each job.
+UPDATE jobs SET request_count = r.n, first_rid = r.lo, last_rid = r.hi
+FROM (SELECT job_id, count(*) AS n, min(rid) AS lo, max(rid) AS hi FROM requests GROUP BY job_id) r
+WHERE jobs.id = r.job_id;
