@@ -61,6 +61,7 @@ from ..model import (
     StoredResult,
     StoreStats,
 )
+from .postgres_gateway import PostgresGateway
 from .sql import SCHEMA_VERSION, TABLES, dump_query, migrations, queries, schema
 from .sqlite import _job, _job_params, _shard, _stored_result
 
@@ -80,7 +81,7 @@ _FINAL_CONNECT = ("password authentication failed", "no password supplied", "doe
 _RETRY_STATES = {"40001", "40P01", "25006"}
 
 
-class PostgresStore:
+class PostgresStore(PostgresGateway):
     """Durable store of jobs, requests, shards and results in a PostgreSQL database (one per deployment).
 
     ``url`` is a libpq URL (``postgresql://user@host:port/db``, ``postgres://...``); the ``url`` attribute keeps it
@@ -268,12 +269,8 @@ class PostgresStore:
             async with self.pool.connection() as conn:
                 if pending:
                     xid, result = pending[0]
-                    cur = await conn.execute(_Q["xid_status"], {"xid": xid})
-                    status = (await cur.fetchone() or (None,))[0]
-                    if status == "committed":
+                    if await _committed(conn, xid=xid):
                         return result
-                    if status == "in progress":
-                        raise psycopg.OperationalError("the interrupted commit is still in progress")
                     pending.clear()  # it did not land: run it again
                 await conn.execute("BEGIN")
                 try:
@@ -303,11 +300,13 @@ class PostgresStore:
 
         return await self._retrying(attempt)
 
-    async def _rows(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        async def read(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            return await (await conn.execute(_Q[query], params)).fetchall()
+    async def _fetch_all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read, outside any transaction."""
+        return await self._with_conn(partial(_fetch, query=sql, params=params))
 
-        return await self._with_conn(read)
+    async def _rows(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """The rows of the named query."""
+        return await self._fetch_all(_Q[query], params or {})
 
     async def integrity_check(self) -> str:
         """``ok``, or which of the store's invariants rows break (PostgreSQL checks its own pages itself)."""
@@ -674,6 +673,7 @@ class PostgresStore:
                 raise LeaseLostError(f"shard {shard_id}: lease lost while ingesting")
             if rows:
                 await self._copy_results(conn, rows, shard_id)
+                await self.book_spend(conn, shard_id, [r.rid for r in rows])  # a gateway batch's spend
             if unsettled:
                 await conn.execute(_Q["settle_requests"], settle)
             if strays:
@@ -774,7 +774,7 @@ class PostgresStore:
             while True:
                 query = dump_query(table, first=after is None, marker="%({})s")
                 params = {**(after or {}), "limit": chunk}
-                rows = await self._with_conn(partial(_fetch, query=query, params=params))
+                rows = await self._fetch_all(query, params)
                 if not rows:
                     break
                 yield table.name, rows
@@ -936,9 +936,13 @@ class _Planning:
 
 
 async def _committed(conn: psycopg.AsyncConnection[Any], *, xid: int) -> bool:
-    """Whether transaction ``xid`` committed (waiting while it is still being resolved)."""
+    """Whether transaction ``xid`` committed (waiting while it is still being resolved). An id "in the future"
+    is one a server that restarted since never logged: its transaction wrote nothing, so it did not commit."""
     while True:
-        cur = await conn.execute(_Q["xid_status"], {"xid": xid})
+        try:
+            cur = await conn.execute(_Q["xid_status"], {"xid": xid})
+        except psycopg.errors.InvalidParameterValue:
+            return False
         status = (await cur.fetchone() or (None,))[0]
         if status != "in progress":
             return bool(status == "committed")

@@ -89,6 +89,22 @@ TABLES = (
         "error_message:text, input_tokens:int, output_tokens:int, cached_tokens:int, model:text, request_id:text, "
         "line_id:text"), ("rid", "attempt")),
     Table("orphan_results", _columns("shard_id:int, wire_id:text, line:bytes"), ("shard_id", "wire_id")),
+    # the batch gateway's (schema 3)
+    Table("gateway_keys", _columns(
+        "token:text, owner:text, team_id:text, models:text, max_budget:float, metadata:text, created_at:float"),
+        ("token",)),
+    Table("gateway_files", _columns(
+        "seq:int, id:text, owner:text, purpose:text, filename:text, bytes:int, lines:int, status:text, "
+        "created_at:float, batch_id:text, kind:text"), ("seq",)),
+    Table("gateway_file_chunks", _columns("file_id:text, seq:int, data:bytes"), ("file_id", "seq")),
+    Table("gateway_batches", _columns(
+        "seq:int, id:text, owner:text, key_token:text, input_file_id:text, endpoint:text, completion_window:text, "
+        "metadata:text, job_id:text, status:text, errors:text, created_at:float, cancelling_at:float, "
+        "ended_at:float, output_file_id:text, error_file_id:text, total:int, completed:int, failed:int"), ("seq",)),
+    Table("gateway_prices", _columns("route:text, input:float, cached_input:float, output:float"), ("route",)),
+    Table("gateway_spend", _columns(
+        "rid:int, attempt:int, batch_id:text, key_token:text, input_tokens:int, output_tokens:int, "
+        "cached_tokens:int, cost:float"), ("rid", "attempt")),
 )
 
 

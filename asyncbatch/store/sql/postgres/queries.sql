@@ -403,7 +403,11 @@ SELECT
 -- name: restart_ids
 -- After a copy brought rows with their ids: new rows are numbered after the highest.
 SELECT setval(pg_get_serial_sequence('requests', 'rid'), COALESCE((SELECT max(rid) FROM requests), 0) + 1, false),
-       setval(pg_get_serial_sequence('shards', 'id'), COALESCE((SELECT max(id) FROM shards), 0) + 1, false);
+       setval(pg_get_serial_sequence('shards', 'id'), COALESCE((SELECT max(id) FROM shards), 0) + 1, false),
+       setval(pg_get_serial_sequence('gateway_files', 'seq'),
+              COALESCE((SELECT max(seq) FROM gateway_files), 0) + 1, false),
+       setval(pg_get_serial_sequence('gateway_batches', 'seq'),
+              COALESCE((SELECT max(seq) FROM gateway_batches), 0) + 1, false);
 
 -- name: derive_job_ranges
 -- After a copy: what complete_job would have recorded of each job.
