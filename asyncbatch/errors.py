@@ -17,6 +17,7 @@
     ├── StoreError                  the job store cannot be used (locked, read-only, full, corrupt, gone)
     │   ├── SchemaVersionError      written by a newer asyncbatch: left untouched
     │   ├── LeaseLostError          another worker holds the shard now; this one stops touching it
+    │   ├── PlanningConflictError   a planning cut off by a lost connection found its requests taken: plan again
     │   └── BatchClaimedError       the provider batch is recorded for another shard already
     └── JobNotFoundError            no job with that id (also a KeyError)
 
@@ -186,6 +187,11 @@ class SchemaVersionError(StoreError):
 
 class LeaseLostError(StoreError):
     """Another worker holds the shard now (or it moved on); this worker must stop touching it."""
+
+
+class PlanningConflictError(StoreError):
+    """A planning session was cut off (a lost connection) and, replayed, found that another worker had taken its
+    requests meanwhile: nothing of it was stored, and planning again is safe (the engine does)."""
 
 
 class BatchClaimedError(StoreError):

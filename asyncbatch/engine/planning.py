@@ -8,10 +8,14 @@ committed before any file is built (invariant 2).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+from ..errors import PlanningConflictError
 from ..model import PlannedShard, ShardLimits, WireIdFn
 from ..store.base import Store
+
+log = logging.getLogger("asyncbatch")
 
 PLAN_PAGE = 5000  # pending requests read at a time while planning
 
@@ -23,8 +27,19 @@ async def plan_shard(
 
     ``limits(route)`` and ``wire_id(route)`` come from the provider of the route the first pending request is
     for. Each request's attempt goes up by one. One shard per session, so that the engine uploads a shard while
-    it plans the next.
+    it plans the next. A session the store could not finish because another worker took its requests meanwhile
+    (``PlanningConflictError``) stored nothing: None, and the job's next step plans again.
     """
+    try:
+        return await _plan(store, job_id, limits, wire_id)
+    except PlanningConflictError as exc:
+        log.info("%s; planning again", exc)
+        return None
+
+
+async def _plan(
+    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn]
+) -> PlannedShard | None:
     async with store.planning(job_id) as session:
         shard: PlannedShard | None = None
         bound = ShardLimits(max_requests=PLAN_PAGE, max_bytes=0)

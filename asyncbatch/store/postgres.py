@@ -38,6 +38,7 @@ from ..errors import (
     JobConflictError,
     JobNotFoundError,
     LeaseLostError,
+    PlanningConflictError,
     SchemaVersionError,
     StoreError,
 )
@@ -835,9 +836,9 @@ class _Planning:
             await conn.execute("BEGIN")
             for op, args, expected in list(self._journal):
                 if await self._apply(op, args) != expected:
-                    raise StoreError(f"job {self._job_id}: planning was cut off by a lost connection, and another "
-                                     "worker planned the same requests meanwhile: nothing of this planning was "
-                                     "stored, run again")
+                    raise PlanningConflictError(
+                        f"job {self._job_id}: planning was cut off by a lost connection, and another worker planned "
+                        "the same requests meanwhile: nothing of this planning was stored")
 
         await self._store._retrying(attempt)
 

@@ -554,3 +554,25 @@ async def test_a_dump_loaded_into_a_new_store_carries_everything_but_the_leases(
     assert new_shard.id > max(s.id for s in await source.job_shards("job_3"))
     with pytest.raises(StoreError, match="holds jobs already"):
         await target.load(source.dump())
+
+
+async def test_a_planning_conflict_stores_nothing_and_the_next_plan_takes_the_requests(store: Store) -> None:
+    """A backend whose planning session was cut off and found its requests taken raises PlanningConflictError
+    (PostgreSQL, after a lost connection): the engine plans again instead of stopping the run."""
+    from asyncbatch.errors import PlanningConflictError
+
+    await add_job(store, 4)
+    original = store.planning
+    conflicts = [1]
+
+    def cut_off(job_id: str) -> Any:
+        if conflicts:
+            conflicts.pop()
+            raise PlanningConflictError("planning was cut off and its requests were taken")
+        return original(job_id)
+
+    store.planning = cut_off  # type: ignore[method-assign]
+    assert await plan_shard(store, "job_1", lambda route: LIMITS, lambda route: wire) is None
+    assert (await store.counts("job_1")).pending == 4
+    again = await plan_shard(store, "job_1", lambda route: LIMITS, lambda route: wire)
+    assert again is not None and again.request_count == 4
