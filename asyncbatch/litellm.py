@@ -65,6 +65,7 @@ T = TypeVar("T")
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 TERMINAL_STATUSES = frozenset(s.value for s in BatchStatus if s.is_terminal)
+_FAILURE_SETTLES = 1.0  # seconds a drive is given to end with an error its shard already noted
 _UNSENT = frozenset({ShardPhase.PLANNED, ShardPhase.UPLOADED, ShardPhase.CREATING})
 _LIVE_ONLY_PARAMS = frozenset({"timeout", "request_timeout", "max_workers", "deployment_id", "stream"})
 """LiteLLM's ``batch_completion`` arguments about its live calls; they mean nothing to a batch."""
@@ -303,6 +304,9 @@ class _Runtime:
         finally:
             self._driving.discard(key)
 
+    def is_driving(self, db: str, job_id: str) -> bool:
+        return (db, job_id) in self._driving
+
     def drive(self, db: str, job: Job) -> None:
         """Have the engine run the job in the background unless it has ended, runs already, or driving is off.
 
@@ -461,6 +465,7 @@ async def _until_created(path: str, job: Job) -> Job:
     runtime = _runtime()
     store = (await runtime.manager(path)).store
     delay = 0.02
+    failing_since: float | None = None
     with anyio.move_on_after(settings.create_timeout):
         while True:
             job = await store.get_job(job.id)
@@ -468,9 +473,16 @@ async def _until_created(path: str, job: Job) -> Job:
             unsent = [s for s in await store.job_shards(job.id) if s.phase in _UNSENT]
             if job.status.is_terminal or (job.status is not JobStatus.OPEN and not job.counts.pending and not unsent):
                 return job
-            if failing := next((s.last_error for s in unsent if s.last_error), None):
-                # the provider cannot be reached (or keeps refusing) even after the HTTP layer's retries: say so
-                # now, in one line; the job goes on trying in the background and stays resumable
+            failing = next((s.last_error for s in unsent if s.last_error), None)
+            if failing and failing_since is None:
+                failing_since = time.monotonic()
+            if failing and failing_since is not None and (
+                not runtime.is_driving(path, job.id) or time.monotonic() - failing_since >= _FAILURE_SETTLES
+            ):
+                # a shard notes its error before its drive ends with it, so a failure for good is left a moment to
+                # be raised by the drive itself (above); one the drive goes on retrying (the provider cannot be
+                # reached even after the HTTP layer's retries) is said now, in one line: the job stays resumable
+                runtime.drive(path, job)
                 raise ConnectionFailedError(f"batch {job.id} could not be created yet: {failing} (it is kept and "
                                             "tried again in the background; retrieve it later)")
             await anyio.sleep(delay)
