@@ -109,7 +109,7 @@ class ParsedRequest(msgspec.Struct):
 
 class _Result(msgspec.Struct, omit_defaults=True):
     type: str
-    message: dict[str, Any] | None = None
+    message: msgspec.Raw | None = None
     error: Any = None
 
 
@@ -203,9 +203,8 @@ class AnthropicLines:
     def ran(self, parsed: ParsedRequest, decision: Decision) -> Written:
         if decision.outcome is Outcome.SUCCEEDED:
             message = anthropic_message(parsed.params)
-            usage = message["usage"]
-            return self._line(parsed, _Result("succeeded", message=message),
-                              usage["input_tokens"], usage["output_tokens"])
+            return self._line(parsed, _Result("succeeded", message=msgspec.Raw(message.raw)),
+                              message.input_tokens, message.output_tokens)
         error = anthropic_error_body(decision.status or 500, decision.message, request_id())
         return self._line(parsed, _Result("errored", error=error))
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
 from aiohttp import web
 
+from .ids import random_hex
 from .routes import REQUEST_ID
 
 JSON = "application/json"
@@ -50,7 +50,7 @@ class AnthropicError(msgspec.Struct, kw_only=True):
 
 
 def request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return "req_" + random_hex(12)
 
 
 def openai_error_body(

@@ -39,11 +39,12 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     status: str
 
 
-class RequestRecord(msgspec.Struct, kw_only=True):
+class RequestRecord(msgspec.Struct, kw_only=True, gc=False):
     """One request line the emulator processed (ran, expired or cancelled) in one batch.
 
     ``identity`` is what submissions are counted by: the custom_id for OpenAI, a stable hash of the params
-    for Anthropic (see ``outcomes.anthropic_identity``). Only successes are billed.
+    for Anthropic (see ``outcomes.anthropic_identity``). Only successes are billed. Not tracked by the garbage
+    collector (it holds no containers): a ledger of a million records would make every collection walk them.
     """
 
     provider: str
@@ -117,11 +118,16 @@ class Ledger:
             if request_count is not None:
                 record.request_count = request_count
 
-    def next_submission(self, identity: str) -> int:
-        """Count one more submission of ``identity`` and return its 1-based number."""
+    def next_submissions(self, identities: Iterable[str]) -> list[int]:
+        """Count one more submission of each identity and return their 1-based numbers, in order (an
+        identity given twice counts twice)."""
         with self._lock:
-            self._submissions[identity] += 1
-            return self._submissions[identity]
+            counts = self._submissions
+            numbers = []
+            for identity in identities:
+                number = counts[identity] = counts[identity] + 1
+                numbers.append(number)
+            return numbers
 
     def add_requests(self, records: Iterable[RequestRecord]) -> None:
         with self._lock:

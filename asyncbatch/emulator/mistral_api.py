@@ -13,7 +13,6 @@ list filters by status, ``created_after`` and metadata, which the SDK sends as b
 from __future__ import annotations
 
 import functools
-import secrets
 import uuid
 from array import array
 from pathlib import Path
@@ -24,10 +23,11 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from ..model import Outcome
-from .bodies import check_openai, openai_body, openai_usage
+from .bodies import check_openai, openai_body
 from .core import Context
 from .envelopes import json_response, mistral_error, openai_error_body
 from .files import CHUNK, read_json_lines, stream_file
+from .ids import random_hex, random_hex_bytes
 from .ledger import BatchRecord, FileRecord
 from .outcomes import Decision, body_identity
 from .routes import RouteSpec, query_int
@@ -97,8 +97,8 @@ class MistralLines:
 
     def ran(self, parsed: ParsedRequest, decision: Decision) -> Written:
         if decision.outcome is Outcome.SUCCEEDED:
-            body = openai_body(self.endpoint, parsed.body)
-            return self._line(parsed, 200, body, "output", *openai_usage(body))
+            body = openai_body(self.endpoint, parsed.body, random_hex_bytes(12))
+            return self._line(parsed, 200, msgspec.Raw(body.raw), "output", body.input_tokens, body.output_tokens)
         status = decision.status or 500
         error = msgspec.to_builtins(openai_error_body(status, decision.message, param=decision.param))
         return self._line(parsed, status, error, "error")
@@ -108,7 +108,7 @@ class MistralLines:
 
     @staticmethod
     def _line(parsed: ParsedRequest, status: int, body: Any, sink: str, used: int = 0, produced: int = 0) -> Written:
-        line = {"id": "batch-" + secrets.token_hex(8), "custom_id": parsed.custom_id,
+        line = {"id": "batch-" + random_hex(8), "custom_id": parsed.custom_id,
                 "response": {"status_code": status, "body": body}, "error": None}
         return Written(msgspec.json.encode(line), sink, used, produced)
 

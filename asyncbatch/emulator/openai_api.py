@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import secrets
 from array import array
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from ..model import Outcome
-from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body, openai_usage
+from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body
 from .config import EmulatorConfig, window_seconds
 from .core import Context, after_cursor
 from .envelopes import json_response, openai_error, openai_error_body, request_id
 from .files import CHUNK, FileDeleted, FileObject, FileStore, snapshot, stream_file
+from .ids import random_hex, random_hex_bytes
 from .ledger import BatchRecord
 from .outcomes import Decision
 from .routes import RouteSpec, query_int
@@ -167,6 +169,11 @@ class ResultLine(msgspec.Struct, kw_only=True):
     error: LineError | None
 
 
+# A success line as ``ResultLine`` encodes it, put together around its line id, custom_id, request id and body
+# (one per request: see ``bodies._CHAT``).
+_SUCCESS_LINE = (b'{"id":"batch_req_', b'","custom_id":', b',"response":{"status_code":200,"request_id":"req_',
+                 b'","body":', b'},"error":null}')
+
 _NOT_RUN = {
     Outcome.EXPIRED: ("batch_expired", "This request could not be executed before the completion window expired."),
     Outcome.CANCELLED: ("batch_cancelled", "This request was not executed because the batch was cancelled."),
@@ -188,21 +195,22 @@ class OpenAILines:
         return check_openai(self.endpoint, parsed.body)
 
     def ran(self, parsed: InputLine, decision: Decision) -> Written:
-        line_id = "batch_req_" + secrets.token_hex(12)
         if decision.outcome is Outcome.SUCCEEDED:
-            body = openai_body(self.endpoint, parsed.body)
-            response = LineResponse(status_code=200, request_id=request_id(), body=body)
-            line = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
-            return Written(msgspec.json.encode(line), "output", *openai_usage(body))
+            ids = random_hex_bytes(36)  # the line's, the request's and the body's
+            body = openai_body(self.endpoint, parsed.body, ids[48:])
+            line = b"".join((_SUCCESS_LINE[0], ids[:24], _SUCCESS_LINE[1], msgspec.json.encode(parsed.custom_id),
+                             _SUCCESS_LINE[2], ids[24:48], _SUCCESS_LINE[3], body.raw, _SUCCESS_LINE[4]))
+            return Written(line, "output", body.input_tokens, body.output_tokens)
+        line_id = "batch_req_" + random_hex(12)
         status = decision.status or 500
         error = openai_error_body(status, decision.message, param=decision.param)
         response = LineResponse(status_code=status, request_id=request_id(), body=error)
-        line = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
-        return Written(msgspec.json.encode(line), "error")
+        failed = ResultLine(id=line_id, custom_id=parsed.custom_id, response=response, error=None)
+        return Written(msgspec.json.encode(failed), "error")
 
     def not_run(self, parsed: InputLine, outcome: Outcome) -> Written:
         code, message = _NOT_RUN[outcome]
-        line = ResultLine(id="batch_req_" + secrets.token_hex(12), custom_id=parsed.custom_id, response=None,
+        line = ResultLine(id="batch_req_" + random_hex(12), custom_id=parsed.custom_id, response=None,
                           error=LineError(code=code, message=message))
         return Written(msgspec.json.encode(line), "error")
 
@@ -216,77 +224,155 @@ class Validation(msgspec.Struct, kw_only=True):
     model: str | None
 
 
+class _WellFormed(msgspec.Struct, gc=False):
+    """An input line that needs no second look: typed so that decoding a block of them checks their shape."""
+
+    custom_id: str
+    method: str
+    url: str
+    body: _BodyHead
+
+
+_well_formed = msgspec.json.Decoder(_WellFormed)
+_VALIDATION_BLOCK = 1 << 20
+_ONE = 1
+
+
+class _InputCheck:
+    """The line checks of one input file, a block of lines at a time: a block of well-formed lines (nearly every
+    file) is decoded in one call and checked as a whole; any other block is checked line by line, which names the
+    lines and their problems, as the API does."""
+
+    def __init__(self, endpoint: str, config: EmulatorConfig) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.offsets: array[int] = array("q")
+        self.errors: list[BatchErrorItem] = []
+        self.seen: set[str] = set()
+        self.model: str | None = None
+        self.prompt_tokens = 0
+
+    def fail(self, code: str, message: str, number: int | None, param: str | None = None) -> None:
+        self.errors.append(BatchErrorItem(code=code, message=message, param=param, line=number))
+
+    def block(self, data: bytes, position: int, number: int) -> bool:
+        """Check the lines of ``data`` (whole lines, each with its newline but maybe the last), the first of them
+        line ``number`` at byte ``position``; False once checking must stop."""
+        lines = data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        if self._whole(data, lines, position):
+            return True
+        for raw in lines:
+            start, position = position, position + len(raw) + 1
+            if not self.line(raw, start, number):
+                return False
+            number += 1
+        return True
+
+    def _whole(self, data: bytes, lines: list[bytes], position: int) -> bool:
+        """The block's checks in C-level passes; False (nothing recorded) when a line needs a closer look."""
+        if self.config.token_limit is not None or len(self.offsets) + len(lines) > self.config.max_batch_lines:
+            return False
+        try:
+            heads = _well_formed.decode_lines(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        ids = [head.custom_id for head in heads]
+        models = {head.body.model for head in heads}
+        model = next(iter(models)) if len(models) == 1 else None
+        if (
+            len(heads) != len(lines)  # a blank line in the block
+            or len(set(ids)) != len(ids) or not self.seen.isdisjoint(ids)
+            or not isinstance(model, str) or model != (self.model or model)
+            or any(head.method != "POST" or head.url != self.endpoint for head in heads)
+        ):
+            return False
+        self.model = model
+        self.seen.update(ids)
+        # each line starts one byte (its newline) after the end of the one before
+        self.offsets.extend(islice(accumulate(map(_ONE.__add__, map(len, lines)), initial=position), len(lines)))
+        return True
+
+    def line(self, raw: bytes, start: int, number: int) -> bool:
+        """Check one line (without its newline); False once checking must stop."""
+        config = self.config
+        if not raw.strip():
+            return True
+        if len(self.offsets) >= config.max_batch_lines:
+            self.fail("too_many_tasks", f"The batch input file has more than {config.max_batch_lines:,} requests.",
+                      None)
+            return False
+        self.offsets.append(start)
+        try:
+            head = msgspec.json.decode(raw, type=_InputHead)
+            body = bytes(head.body).lstrip()
+            model = msgspec.json.decode(body, type=_BodyHead).model if body.startswith(b"{") else None
+        except msgspec.DecodeError:
+            self.fail("invalid_json_line", "This line is not parseable as valid JSON.", number)
+        else:
+            if head.custom_id is None:
+                self.fail("missing_required_parameter", "Missing required parameter: 'custom_id'.", number,
+                          "custom_id")
+            elif not isinstance(head.custom_id, str):
+                self.fail("invalid_type", "Invalid type for 'custom_id': expected a string.", number, "custom_id")
+            elif head.custom_id in self.seen:
+                self.fail("duplicate_custom_id", "The custom_id for this request is a duplicate of another "
+                          "request. The custom_id parameter must be unique for each request in a batch.", number,
+                          "custom_id")
+            else:
+                self.seen.add(head.custom_id)
+            if head.method != "POST":
+                self.fail("invalid_method", "Invalid value for 'method': only 'POST' is supported.", number,
+                          "method")
+            if head.url != self.endpoint:
+                self.fail("url_mismatch", f"The url of this request does not match the batch endpoint "
+                          f"{self.endpoint!r}.", number, "url")
+            if not body.startswith(b"{"):
+                self.fail("missing_required_parameter", "Missing required parameter: 'body'.", number, "body")
+            elif isinstance(model, str):
+                if self.model is None:
+                    self.model = model
+                elif model != self.model:
+                    self.fail("model_mismatch", "The model of this request differs from the model of the other "
+                              "requests; one batch may use only one model.", number, "body.model")
+                if config.token_limit is not None:
+                    self.prompt_tokens += estimate_prompt_tokens(msgspec.json.decode(body))
+        return len(self.errors) < MAX_LINE_ERRORS
+
+
 def validate_input(path: Path, endpoint: str, config: EmulatorConfig) -> Validation:
     """Check a batch input file line by line, as a stream; collect up to MAX_LINE_ERRORS line errors."""
-    offsets: array[int] = array("q")
-    errors: list[BatchErrorItem] = []
     size = path.stat().st_size
     if size > config.max_batch_file_bytes:
         limit_mb = config.max_batch_file_bytes // (1024 * 1024)
         return Validation(errors=[BatchErrorItem(
             code="file_too_large", message=f"The input file exceeds the {limit_mb} MB limit of a batch.")],
-            offsets=offsets, model=None)
-    seen: set[str] = set()
-    models: str | None = None
-    prompt_tokens = 0
-
-    def fail(code: str, message: str, number: int | None, param: str | None = None) -> None:
-        errors.append(BatchErrorItem(code=code, message=message, param=param, line=number))
-
+            offsets=array("q"), model=None)
+    check = _InputCheck(endpoint, config)
     with open(path, "rb") as source:
-        position = 0
-        for number, raw in enumerate(source, start=1):
-            start, position = position, position + len(raw)
-            if not raw.strip():
+        position, number, rest = 0, 1, b""
+        while data := source.read(_VALIDATION_BLOCK):
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                rest += data
                 continue
-            if len(offsets) >= config.max_batch_lines:
-                fail("too_many_tasks", f"The batch input file has more than {config.max_batch_lines:,} requests.",
-                     None)
+            block, rest = rest + data[:cut], data[cut:]
+            if not check.block(block, position, number):
                 break
-            offsets.append(start)
-            try:
-                head = msgspec.json.decode(raw, type=_InputHead)
-                body = bytes(head.body).lstrip()
-                model = msgspec.json.decode(body, type=_BodyHead).model if body.startswith(b"{") else None
-            except msgspec.DecodeError:
-                fail("invalid_json_line", "This line is not parseable as valid JSON.", number)
-            else:
-                if head.custom_id is None:
-                    fail("missing_required_parameter", "Missing required parameter: 'custom_id'.", number,
-                         "custom_id")
-                elif not isinstance(head.custom_id, str):
-                    fail("invalid_type", "Invalid type for 'custom_id': expected a string.", number, "custom_id")
-                elif head.custom_id in seen:
-                    fail("duplicate_custom_id", "The custom_id for this request is a duplicate of another "
-                         "request. The custom_id parameter must be unique for each request in a batch.", number,
-                         "custom_id")
-                else:
-                    seen.add(head.custom_id)
-                if head.method != "POST":
-                    fail("invalid_method", "Invalid value for 'method': only 'POST' is supported.", number,
-                         "method")
-                if head.url != endpoint:
-                    fail("url_mismatch", f"The url of this request does not match the batch endpoint "
-                         f"{endpoint!r}.", number, "url")
-                if not body.startswith(b"{"):
-                    fail("missing_required_parameter", "Missing required parameter: 'body'.", number, "body")
-                elif isinstance(model, str):
-                    if models is None:
-                        models = model
-                    elif model != models:
-                        fail("model_mismatch", "The model of this request differs from the model of the other "
-                             "requests; one batch may use only one model.", number, "body.model")
-                    if config.token_limit is not None:
-                        prompt_tokens += estimate_prompt_tokens(msgspec.json.decode(body))
-            if len(errors) >= MAX_LINE_ERRORS:
-                break
-    if not errors and not offsets:
-        fail("empty_file", "The batch input file is empty.", None)
-    if not errors and config.token_limit is not None and prompt_tokens > config.token_limit:
-        fail("token_limit_exceeded", f"Enqueued token limit reached for {models} in organization org-emulator. "
-             f"Limit: {config.token_limit:,} enqueued tokens. Please try again once some in_progress batches "
-             "have been completed.", None)
-    return Validation(errors=errors, offsets=offsets, model=models)
+            position += len(block)
+            number += block.count(b"\n")
+        else:
+            if rest:
+                check.block(rest, position, number)
+    errors, models = check.errors, check.model
+    if not errors and not check.offsets:
+        check.fail("empty_file", "The batch input file is empty.", None)
+    if not errors and config.token_limit is not None and check.prompt_tokens > config.token_limit:
+        check.fail("token_limit_exceeded", f"Enqueued token limit reached for {models} in organization "
+                   f"org-emulator. Limit: {config.token_limit:,} enqueued tokens. Please try again once some "
+                   "in_progress batches have been completed.", None)
+    return Validation(errors=errors, offsets=check.offsets, model=models)
 
 
 # --- batches ---------------------------------------------------------------------------------------------

@@ -76,23 +76,27 @@ def decide(
     config: EmulatorConfig,
     invalid: Decision | None = None,
 ) -> Decision:
-    """The outcome of one request line. ``invalid`` is the endpoint's own 400 for a bad body, if any."""
-    forced = _FAIL.search(raw)
-    if forced is not None:
-        code = forced.group(1).decode()
-        return Decision(Outcome.ERRORED, int(code), f"Emulated failure: the request carries [[fail:{code}]].")
-    if _EXPIRE in raw:
-        return Decision(Outcome.EXPIRED)
+    """The outcome of one request line. ``invalid`` is the endpoint's own 400 for a bad body, if any.
+
+    Runs once per request: a line without markers skips their searches, and a rate of 0 draws nothing."""
+    marked = b"[[" in raw
+    if marked:
+        forced = _FAIL.search(raw)
+        if forced is not None:
+            code = forced.group(1).decode()
+            return Decision(Outcome.ERRORED, int(code), f"Emulated failure: the request carries [[fail:{code}]].")
+        if _EXPIRE in raw:
+            return Decision(Outcome.EXPIRED)
     if invalid is not None:
         return invalid
-    attempts = _FAIL_ATTEMPTS.search(raw)
+    attempts = _FAIL_ATTEMPTS.search(raw) if marked else None
     failing = int(attempts.group(1)) if attempts is not None else config.fail_attempts
     if submission <= failing:
         return Decision(
             Outcome.ERRORED, 500, f"Emulated transient failure: submission {submission} of {failing} failing."
         )
-    if stable_uniform(config.seed, "expire", identity, submission) < config.expire_rate:
+    if config.expire_rate > 0 and stable_uniform(config.seed, "expire", identity, submission) < config.expire_rate:
         return Decision(Outcome.EXPIRED)
-    if stable_uniform(config.seed, "fail", identity, submission) < config.fail_rate:
+    if config.fail_rate > 0 and stable_uniform(config.seed, "fail", identity, submission) < config.fail_rate:
         return Decision(Outcome.ERRORED, config.fail_status, "Emulated failure drawn from fail_rate.")
     return SUCCESS

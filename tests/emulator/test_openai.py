@@ -211,6 +211,25 @@ async def test_validation_failures(emu: Emulator, oai: AsyncOpenAI, code: str) -
     assert emu.ledger.batch(created.id).status == "failed"
 
 
+async def test_large_files_are_read_whole_and_named_by_line(emu: Emulator, oai: AsyncOpenAI) -> None:
+    """Files of many read blocks, CRLF endings, blank lines and no final newline: every request is run with its
+    own text, and a bad line deep in a file is named by its number."""
+    lines = [json.dumps(chat_line(f"r{i:05}", f"question {i:05} " + "x" * 200)).encode() for i in range(9000)]
+    data = b"".join(line + (b"\r\n" if i % 3 else b"\n") for i, line in enumerate(lines))
+    data += b"\n \n" + lines[-1].replace(b"r08999", b"last")
+    batch = await oai.batches.retrieve((await create(oai, data)).id)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert batch.request_counts.completed == 9001
+    output = await content(oai, batch.output_file_id)
+    answers = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in output}
+    assert all(f"question {i:05}" in answers[f"r{i:05}"] for i in range(9000)) and "08999" in answers["last"]
+
+    lines[8500] = lines[17]
+    batch = await oai.batches.retrieve((await create(oai, b"\n".join(lines))).id)
+    assert batch.status == "failed" and batch.errors is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [("duplicate_custom_id", 8501)]
+
+
 async def test_token_limit_message_names_model_and_limit(emu: Emulator, oai: AsyncOpenAI) -> None:
     emu.config.token_limit = 10
     created = await create(oai, [chat_line("a", "y" * 100)])
