@@ -109,8 +109,12 @@ class ParsedRequest(msgspec.Struct):
 
 class _Result(msgspec.Struct, omit_defaults=True):
     type: str
-    message: msgspec.Raw | None = None
     error: Any = None
+
+
+# A success line as ``_ResultLine`` would encode it, put together around its custom_id and message (one per
+# request: see ``bodies._CHAT``).
+_SUCCESS_LINE = (b'{"custom_id":', b',"result":{"type":"succeeded","message":', b"}}")
 
 
 class _ResultLine(msgspec.Struct):
@@ -163,7 +167,7 @@ def spool_requests(body: Path, target: Path, config: EmulatorConfig) -> array[in
     seen: set[str] = set()
     with open(body, "rb") as source, open(target, "wb") as out:
         try:
-            for index, raw in enumerate(iter_array(source, "requests")):
+            for index, raw in enumerate(iter_array(source, "requests", first_keys=("custom_id", "params"))):
                 if index >= config.anthropic_max_requests:
                     raise Invalid(f"requests: a Message Batch may hold at most {config.anthropic_max_requests:,} "
                                   "requests")
@@ -203,8 +207,9 @@ class AnthropicLines:
     def ran(self, parsed: ParsedRequest, decision: Decision) -> Written:
         if decision.outcome is Outcome.SUCCEEDED:
             message = anthropic_message(parsed.params)
-            return self._line(parsed, _Result("succeeded", message=msgspec.Raw(message.raw)),
-                              message.input_tokens, message.output_tokens)
+            line = b"".join((_SUCCESS_LINE[0], msgspec.json.encode(parsed.custom_id), _SUCCESS_LINE[1], message.raw,
+                             _SUCCESS_LINE[2]))
+            return Written(line, "results", message.input_tokens, message.output_tokens)
         error = anthropic_error_body(decision.status or 500, decision.message, request_id())
         return self._line(parsed, _Result("errored", error=error))
 

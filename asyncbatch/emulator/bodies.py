@@ -59,9 +59,9 @@ def texts(value: Any) -> Iterator[str]:
 
 def _texts_of(value: Any) -> list[str]:
     """``list(texts(value))``, without a generator per message in the common case: a list of messages whose
-    only text is a string ``content`` (what nearly every chat request is)."""
+    only text is a string ``content`` (what nearly every chat request is), or a string (a system prompt)."""
     if type(value) is not list:
-        return list(texts(value))
+        return [value] if type(value) is str else list(texts(value))
     found: list[str] = []
     for item in value:
         content = item.get("content") if type(item) is dict else None

@@ -15,7 +15,7 @@ from aiohttp import web
 from .ledger import FileRecord, Ledger
 from .routes import TRUNCATE
 
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # uploads and downloads move a MiB per worker-thread call (64 KiB: 550 calls for a 35 MB output)
 
 
 class FileObject(msgspec.Struct, kw_only=True):
@@ -64,14 +64,14 @@ class FileStore:
                                          bytes=obj.bytes, lines=lines, created_at=created_at))
         return obj
 
-    def adopt(self, source: Path, *, filename: str, purpose: str, now: float, expires_after: int) -> FileObject:
-        """Move a finished output file into the store (batch output and error files)."""
+    def adopt(
+        self, source: Path, *, lines: int, filename: str, purpose: str, now: float, expires_after: int
+    ) -> FileObject:
+        """Move a finished output file of ``lines`` lines into the store (batch output and error files)."""
         file_id = self.new_id()
         target = self.path(file_id)
         source.replace(target)
         size = target.stat().st_size
-        with open(target, "rb") as handle:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(CHUNK), b""))
         obj = FileObject(id=file_id, bytes=size, created_at=int(now), expires_at=int(now) + expires_after,
                          filename=filename, purpose=purpose)
         return self.add(obj, lines, created_at=now)

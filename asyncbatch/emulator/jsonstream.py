@@ -4,21 +4,31 @@ An Anthropic create body may be 256 MB; its ``requests`` array is yielded elemen
 for msgspec to decode into Structs) from a file, holding one element and one read chunk at a time. Only
 structural bytes are examined: strings are skipped with a regex, and UTF-8 continuation bytes never look
 like ASCII, so the scan works on bytes.
+
+That scan costs some microseconds per string in Python, so elements that are objects whose first key is
+known (``first_keys``) are taken a run at a time instead: the run ends where the buffer last shows ``}``, a
+comma and ``{"<first key>"`` (which cannot occur inside a string, where the quote would be escaped), and
+decoding the run as one JSON array (C code) checks that this was a boundary between elements. Where it was not
+(an object nested in an element that starts with the same key), or where nothing looks like a boundary, the
+elements are scanned one by one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import BinaryIO
 
 import msgspec
 
 CHUNK = 1 << 16
+RUN_BYTES = 1 << 20  # what a run of elements is looked for in
+RUN_TRIES = 3  # boundaries tried, from the last one back, before elements are scanned one by one
 _STRUCTURE = re.compile(rb'["{}\[\]]')
 _STRING_STOP = re.compile(rb'["\\]')
 _SCALAR_END = re.compile(rb"[,\]}\s]")
 _WHITESPACE = b" \t\r\n"
+_raw_items = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class JSONStreamError(ValueError):
@@ -30,6 +40,8 @@ class _Reader:
         self._source = source
         self.buf = b""
         self.pos = 0
+        self.dropped = 0  # bytes dropped from the front of ``buf`` so far: ``dropped + pos`` is the offset read
+        self._scan_until = 0  # offset up to which elements are scanned one by one (a run failed its check there)
 
     def _more(self, keep: int) -> bool:
         """Drop bytes before ``keep`` and read a chunk; positions shift down by ``keep``."""
@@ -38,6 +50,7 @@ class _Reader:
             return False
         self.buf = self.buf[keep:] + chunk
         self.pos -= keep
+        self.dropped += keep
         return True
 
     def peek(self) -> int | None:
@@ -99,12 +112,37 @@ class _Reader:
         self.pos = end
         return self.buf[start:end]
 
+    def run(self, boundary: re.Pattern[bytes]) -> list[bytes]:
+        """Whole elements from ``pos`` (where one starts) to one of the last ``RUN_TRIES`` boundaries in the next
+        ``RUN_BYTES``, checked by decoding them as one array; empty when there is none that checks (the caller
+        then scans one element, and the next ones up to the last place tried)."""
+        if self.dropped + self.pos < self._scan_until:
+            return []
+        while len(self.buf) - self.pos < RUN_BYTES and self._more(self.pos):
+            pass
+        ends = [match.start() + 1 for match in boundary.finditer(self.buf, self.pos)][-RUN_TRIES:]
+        for end in reversed(ends):  # each just after the `}` closing what would be the run's last element
+            try:
+                items = _raw_items.decode(b"[" + self.buf[self.pos:end] + b"]")
+            except msgspec.DecodeError:
+                continue
+            self.pos = end
+            return [bytes(item) for item in items]
+        if ends:
+            self._scan_until = self.dropped + ends[-1]
+        return []
 
-def iter_array(source: BinaryIO, key: str) -> Iterator[bytes]:
+
+def iter_array(source: BinaryIO, key: str, *, first_keys: Collection[str] = ()) -> Iterator[bytes]:
     """Yield each element of the array at ``key`` of the top-level object in ``source``.
 
     Any other top-level key is an error (``"<key>: Extra inputs are not permitted"``), as is a missing one.
+    ``first_keys``: keys an element (an object) may start with, to take elements a run at a time.
     """
+    boundary = None
+    if first_keys:
+        names = b"|".join(re.escape(msgspec.json.encode(name)) for name in first_keys)
+        boundary = re.compile(rb"\}\s*,\s*\{\s*(?:" + names + rb")")
     reader = _Reader(source)
     reader.take(b"{", "body")
     found = False
@@ -126,8 +164,13 @@ def iter_array(source: BinaryIO, key: str) -> Iterator[bytes]:
             else:
                 index = 0
                 while True:
-                    yield reader.value(f"{key}.{index}")
-                    index += 1
+                    run = reader.run(boundary) if boundary is not None else []
+                    if run:
+                        yield from run
+                        index += len(run)
+                    else:
+                        yield reader.value(f"{key}.{index}")
+                        index += 1
                     if reader.take(b",]", key) == ord("]"):
                         break
             if reader.take(b",}", "body") == ord("}"):

@@ -713,8 +713,8 @@ class OpenAIAPI:
         ttl = self.ctx.config.results_ttl
         expires_after = batch.output_expires_after if ttl is None else int(ttl)
         obj = await anyio.to_thread.run_sync(lambda: self.files.adopt(
-            run.sink_path(sink), filename=f"{batch.id}_{sink}.jsonl", purpose="batch_output",
-            now=self.ctx.clock.now(), expires_after=expires_after))
+            run.sink_path(sink), lines=run.sink_lines[sink], filename=f"{batch.id}_{sink}.jsonl",
+            purpose="batch_output", now=self.ctx.clock.now(), expires_after=expires_after))
         return obj.id
 
 

@@ -68,6 +68,15 @@ def _hashed(kind: str, value: Mapping[str, Any]) -> str:
     return f"{kind}:" + hashlib.blake2b(canonical, digest_size=12).hexdigest()
 
 
+MARKER = b"[["  # every marker starts so: a line without it has none
+
+
+def draws_nothing(config: EmulatorConfig) -> bool:
+    """No knob makes a request's outcome depend on chance or on its submission: with this and no ``MARKER`` in
+    a line, its outcome is its endpoint's own check (``invalid``) or a success, and ``decide`` need not run."""
+    return config.fail_attempts <= 0 and config.expire_rate <= 0 and config.fail_rate <= 0
+
+
 def decide(
     raw: bytes,
     *,
@@ -79,7 +88,7 @@ def decide(
     """The outcome of one request line. ``invalid`` is the endpoint's own 400 for a bad body, if any.
 
     Runs once per request: a line without markers skips their searches, and a rate of 0 draws nothing."""
-    marked = b"[[" in raw
+    marked = MARKER in raw
     if marked:
         forced = _FAIL.search(raw)
         if forced is not None:

@@ -31,6 +31,28 @@ def test_elements_round_trip(items: list[Any], indent: int | None, ascii_only: b
         jsonstream.CHUNK = original
 
 
+keys = st.sampled_from(["custom_id", "params"]) | st.text(max_size=3)
+nested = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+                      max_leaves=12)
+request = st.fixed_dictionaries({"custom_id": st.text(max_size=5), "params": nested})
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.lists(request | nested, max_size=8), indent=st.sampled_from([None, 0, 2]), ascii_only=st.booleans(),
+       chunk=st.integers(min_value=1, max_value=64), run_bytes=st.integers(min_value=1, max_value=400))
+def test_runs_of_elements_round_trip(
+    items: list[Any], indent: int | None, ascii_only: bool, chunk: int, run_bytes: int
+) -> None:
+    """Elements taken a run at a time: nested objects that start with the same keys (boundaries that are not),
+    elements of other shapes, runs cut anywhere."""
+    document = json.dumps({"requests": items}, indent=indent, ensure_ascii=ascii_only).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonstream, "CHUNK", chunk)
+        patch.setattr(jsonstream, "RUN_BYTES", run_bytes)
+        found = iter_array(io.BytesIO(document), "requests", first_keys=("custom_id", "params"))
+        assert [json.loads(raw) for raw in found] == items
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -42,6 +64,7 @@ def test_elements_round_trip(items: list[Any], indent: int | None, ascii_only: b
         (b'{"requests": []} trailing', "trailing data"),
     ],
 )
-def test_malformed_documents(document: bytes, message: str) -> None:
+@pytest.mark.parametrize("first_keys", [(), ("custom_id",)])
+def test_malformed_documents(document: bytes, message: str, first_keys: tuple[str, ...]) -> None:
     with pytest.raises(JSONStreamError, match=message):
-        list(iter_array(io.BytesIO(document), "requests"))
+        list(iter_array(io.BytesIO(document), "requests", first_keys=first_keys))
