@@ -137,16 +137,26 @@ _CHAT = (
     b'"finish_reason":"%s"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
     b'"prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":0,"audio_tokens":0},'
     b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,'
-    b'"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":null}'
+    b'"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_%s"}'
 )
+_FINGERPRINTS: dict[str, bytes] = {}
+
+
+def _fingerprint(model: str) -> bytes:
+    """The ``system_fingerprint`` of a model's answers: the same for every answer of one model, as the API's
+    is while a deployment lasts."""
+    found = _FINGERPRINTS.get(model)
+    if found is None:
+        found = _FINGERPRINTS[model] = hashlib.blake2b(model.encode(), digest_size=5).hexdigest().encode()
+    return found
 
 
 def _chat(body: dict[str, Any], created: int, rid: bytes) -> Body:
     model = body["model"]
     prompt = _texts_of(body.get("messages"))
     text, out, cut, used = _answer(model, prompt, body.get("max_completion_tokens", body.get("max_tokens")))
-    raw = _CHAT % (rid, created, _encode(model), _encode(text), b"length" if cut else b"stop",
-                   used, out, used + out)
+    raw = _CHAT % (rid[:29], created, _encode(model), _encode(text), b"length" if cut else b"stop",
+                   used, out, used + out, _fingerprint(model))
     return Body(raw, used, out)
 
 

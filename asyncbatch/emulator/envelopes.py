@@ -50,7 +50,7 @@ class AnthropicError(msgspec.Struct, kw_only=True):
 
 
 def request_id() -> str:
-    return "req_" + random_hex(12)
+    return "req_" + random_hex(16)
 
 
 def openai_error_body(

@@ -196,12 +196,12 @@ class OpenAILines:
 
     def ran(self, parsed: InputLine, decision: Decision) -> Written:
         if decision.outcome is Outcome.SUCCEEDED:
-            ids = random_hex_bytes(36)  # the line's, the request's and the body's
-            body = openai_body(self.endpoint, parsed.body, ids[48:])
-            line = b"".join((_SUCCESS_LINE[0], ids[:24], _SUCCESS_LINE[1], msgspec.json.encode(parsed.custom_id),
-                             _SUCCESS_LINE[2], ids[24:48], _SUCCESS_LINE[3], body.raw, _SUCCESS_LINE[4]))
+            ids = random_hex_bytes(47)  # the line's and the request's (32 digits, as the API's), the body's
+            body = openai_body(self.endpoint, parsed.body, ids[64:])
+            line = b"".join((_SUCCESS_LINE[0], ids[:32], _SUCCESS_LINE[1], msgspec.json.encode(parsed.custom_id),
+                             _SUCCESS_LINE[2], ids[32:64], _SUCCESS_LINE[3], body.raw, _SUCCESS_LINE[4]))
             return Written(line, "output", body.input_tokens, body.output_tokens)
-        line_id = "batch_req_" + random_hex(12)
+        line_id = "batch_req_" + random_hex(16)
         status = decision.status or 500
         error = openai_error_body(status, decision.message, param=decision.param)
         response = LineResponse(status_code=status, request_id=request_id(), body=error)
@@ -210,7 +210,7 @@ class OpenAILines:
 
     def not_run(self, parsed: InputLine, outcome: Outcome) -> Written:
         code, message = _NOT_RUN[outcome]
-        line = ResultLine(id="batch_req_" + random_hex(12), custom_id=parsed.custom_id, response=None,
+        line = ResultLine(id="batch_req_" + random_hex(16), custom_id=parsed.custom_id, response=None,
                           error=LineError(code=code, message=message))
         return Written(msgspec.json.encode(line), "error")
 
