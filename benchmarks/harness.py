@@ -69,13 +69,21 @@ def input_file(kind: str, n: int) -> Path:
 
 
 class EmulatorProcess:
-    """``asyncbatch emulator --port 0`` in a child process; ``cpu()`` is its CPU time so far."""
+    """``asyncbatch emulator --port 0`` in a child process; ``cpu()`` is its CPU time so far.
 
-    def __init__(self, data_dir: Path, *options: str) -> None:
+    ``code`` (default: ``$ASYNCBATCH_BENCH_EMULATOR``, else this tree) is a directory holding another version's
+    ``asyncbatch/``, whose emulator is run instead: the contenders can be measured against the emulator of an
+    earlier round (``git archive <commit> asyncbatch | tar -x -C DIR``).
+    """
+
+    def __init__(self, data_dir: Path, *options: str, code: Path | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        code = code or (Path(os.environ["ASYNCBATCH_BENCH_EMULATOR"]) if os.environ.get("ASYNCBATCH_BENCH_EMULATOR")
+                        else None)
+        env = {**os.environ, "PYTHONPATH": str(code)} if code is not None else None
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "asyncbatch", "emulator", "--port", "0", "--data-dir", str(data_dir), *options],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+            [PYTHON, "-m", "asyncbatch", "emulator", "--port", "0", "--data-dir", str(data_dir.resolve()), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=code or ROOT, env=env,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
