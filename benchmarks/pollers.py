@@ -12,12 +12,14 @@ it takes until it holds the lease on every live shard, read from the store (proc
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -30,6 +32,13 @@ def shard_states(db: Path) -> list[tuple[str, str | None]]:
     """(phase, lease owner) of every shard, read without disturbing the writer (WAL)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return conn.execute("SELECT phase, lease_owner FROM shards").fetchall()
+
+
+def polls_seen(emu: EmulatorProcess) -> dict[str, int]:
+    """The emulator's count of the calls that read batches (``GET /v1/batches`` pages, ``GET .../{batch_id}``)."""
+    with urllib.request.urlopen(emu.url + "/_emulator/ledger") as answer:
+        calls: dict[str, int] = json.load(answer).get("calls", {})
+    return {route: n for route, n in calls.items() if route.startswith("GET /v1/batches")}
 
 
 def wait_for(predicate_name: str, check: object, timeout: float) -> float:
@@ -67,6 +76,7 @@ def main() -> int:
         figures["submit_all_s"] = wait_for("all submitted", lambda: sum(
             phase == "submitted" for phase, _ in shard_states(db)) == args.shards, 3600)
         print(f"{args.shards} batches in flight after {figures['submit_all_s']:.1f} s", file=sys.stderr)
+        calls_before = polls_seen(emu)
         for minute in range(1, args.minutes + 1):
             cpu0, emu0 = sum(ps.cpu_times()[:2]), emu.cpu()
             time.sleep(60)
@@ -74,6 +84,7 @@ def main() -> int:
             figures[f"emulator_cpu_minute_{minute}"] = emu.cpu() - emu0
             print(f"minute {minute}: run used {figures[f'cpu_minute_{minute}']:.2f} CPU s", file=sys.stderr)
         figures["rss_mb"] = ps.memory_info().rss / 2**20
+        figures.update({f"calls {route}": n - calls_before.get(route, 0) for route, n in polls_seen(emu).items()})
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         dead_owner = f":{proc.pid}:"
@@ -91,7 +102,12 @@ def main() -> int:
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("run did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                proc.kill()
+                proc.wait()
         emu.stop()
     rows = [[f"CPU s in minute {m} of polling {args.shards} batches", figures[f"cpu_minute_{m}"],
              f"{100 * figures[f'cpu_minute_{m}'] / 60:.1f}% of one core"] for m in range(1, args.minutes + 1)]
@@ -103,6 +119,8 @@ def main() -> int:
     rows.append(["restarted `asyncbatch run` holds every lease after (s)", figures["reattach_s"],
                  "process start included"])
     rows.append(["RSS of the run process (MB)", figures["rss_mb"], ""])
+    rows += [[f"{route} during the {args.minutes} minutes", n, "emulator's count"]
+             for route, n in figures.items() if route.startswith("calls ")]
     print(table(rows, ["measure", "value", "note"]))
     print(f"raw figures: {save('pollers', figures)}", file=sys.stderr)
     shutil.rmtree(workdir, ignore_errors=True)

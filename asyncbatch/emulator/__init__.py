@@ -19,9 +19,8 @@ What it answers is decided by the live ``EmulatorConfig`` (mutate ``emu.config``
 ``[[fail:NNN]]``, ``[[expire]]``, ``[[fail_attempts:K]]``, see ``outcomes``), batches that expire
 (``expire_batches``), results that expire before they are downloaded (``results_ttl``), result lines for
 custom_ids nobody sent (``stray_results``), limits, and injected HTTP faults per endpoint group
-(``FaultSpec``). ``emu.ledger``
-(``GET /_emulator/ledger``) records every file, batch, request line and fault, so a test can prove that a
-client lost nothing and was billed once.
+(``FaultSpec``). ``emu.ledger`` (``GET /_emulator/ledger``) records every file, batch, request line, fault and
+call of each route, so a test can prove that a client lost nothing, was billed once, and polled how often.
 
 Names are imported lazily: ``asyncbatch --help`` imports ``asyncbatch.emulator.cli`` (hence this package)
 and must not pay for aiohttp.

@@ -84,6 +84,7 @@ class LedgerSnapshot(msgspec.Struct, kw_only=True):
     requests: list[RequestRecord]
     faults: list[FaultRecord]
     totals: LedgerTotals
+    calls: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Ledger:
@@ -96,6 +97,7 @@ class Ledger:
         self._requests: list[RequestRecord] = []
         self._faults: list[FaultRecord] = []
         self._submissions: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         totals = self.totals()
@@ -137,6 +139,10 @@ class Ledger:
         with self._lock:
             self._faults.append(record)
 
+    def add_call(self, route: str) -> None:
+        with self._lock:
+            self._calls[route] += 1
+
     # --- reading (test side) -----------------------------------------------------------------------------
 
     @property
@@ -153,6 +159,12 @@ class Ledger:
     def faults(self) -> list[FaultRecord]:
         with self._lock:
             return list(self._faults)
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Calls of each API route, as ``"GET /v1/batches/{batch_id}"``: how often a client polled, listed..."""
+        with self._lock:
+            return dict(self._calls)
 
     def batches_created(self, provider: str | None = None) -> list[BatchRecord]:
         """Every batch created, oldest first (optionally for one provider)."""
@@ -196,6 +208,7 @@ class Ledger:
                 requests=list(self._requests),
                 faults=list(self._faults),
                 totals=totals,
+                calls=dict(self._calls),
             )
 
     def to_json(self) -> bytes:

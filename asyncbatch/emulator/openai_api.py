@@ -624,10 +624,14 @@ class OpenAIAPI:
             limit = query_int(request, "limit", 20, 1, 100)
         except ValueError as exc:
             return openai_error(400, str(exc), param="limit")
-        items = list(reversed(self.batches.values()))
-        for batch in items:
+        after = request.query.get("after")
+        try:
+            page, has_more = after_cursor(list(reversed(self.batches.values())), after, limit)
+        except KeyError:
+            return _bad_cursor(after)
+        for batch in page:  # the batches shown (only they) are brought up to date, as the API shows them
             await self.advance(batch)
-        return self._page([b.view() for b in items], request.query.get("after"), limit)
+        return _listed([batch.view() for batch in page], has_more)
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["batch_id"])
@@ -646,9 +650,8 @@ class OpenAIAPI:
         try:
             page, has_more = after_cursor(items, after, limit)
         except KeyError:
-            return openai_error(400, f"Invalid value for 'after': no object with id {after!r}.", param="after")
-        return json_response(ListPage(data=page, first_id=page[0].id if page else None,
-                                      last_id=page[-1].id if page else None, has_more=has_more))
+            return _bad_cursor(after)
+        return _listed(page, has_more)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -761,6 +764,15 @@ def _metadata(value: object) -> dict[str, str] | None:
         if len(item) > 512:
             raise _Rejected(400, f"Invalid 'metadata.{key}': values may be at most 512 characters.", "metadata")
     return dict(value)
+
+
+def _listed(page: list[Any], has_more: bool) -> web.Response:
+    return json_response(ListPage(data=page, first_id=page[0].id if page else None,
+                                  last_id=page[-1].id if page else None, has_more=has_more))
+
+
+def _bad_cursor(after: str | None) -> web.Response:
+    return openai_error(400, f"Invalid value for 'after': no object with id {after!r}.", param="after")
 
 
 def _no_file(request: web.Request) -> web.Response:

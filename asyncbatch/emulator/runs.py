@@ -206,7 +206,8 @@ async def progress(
     elapsed = min(now, deadline)
     share = 1.0 if elapsed >= end else max(0.0, (elapsed - start) / (end - start))
     target = math.floor(run.total * share * (config.expire_done_fraction if forced else 1.0))
-    await anyio.to_thread.run_sync(run.run_until, target, ledger, config)
+    if target > run.done and not run.finished:  # else nothing is due: no trip to a worker thread
+        await anyio.to_thread.run_sync(run.run_until, target, ledger, config)
     return Step(deadline=deadline, ended=now >= deadline, cut_short=forced or end > expires_at or bool(run.deferred))
 
 

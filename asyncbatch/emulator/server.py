@@ -94,6 +94,7 @@ class Server:
         spec = self._specs.get(request.match_info.route)
         if spec is None:
             return await self._unrouted(request, handler)
+        self.ctx.ledger.add_call(f"{spec.method} {spec.path}")
         rid = request[REQUEST_ID] = request_id()
         if spec.provider == "anthropic":
             request[RESPONSE_HEADERS] = {"request-id": rid, "anthropic-organization-id": "org-emulator"}

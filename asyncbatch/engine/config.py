@@ -26,6 +26,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     was full before sending smaller batches. ``give_up_after`` bounds how long a shard keeps trying a step the
     provider keeps failing (unreachable, 5xx) before ``run`` reports it; ``serve`` keeps trying.
     ``job_poll_interval`` is how often a serving worker looks for new jobs when the store cannot notify it.
+    ``poll_rate`` bounds the calls a second spent polling one provider, all its batches together (where it lists
+    batches, one call reads the status of a page of them).
     """
 
     poll_interval: float = 5.0
@@ -39,10 +41,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     uploads_at_once: int = 4
     give_up_after: float = 900.0
     job_poll_interval: float = 1.0
+    poll_rate: float = 10.0
 
     def __post_init__(self) -> None:
         poll_intervals(self.poll_interval, self.max_poll_interval)
-        for name in ("lease_seconds", "give_up_after", "job_poll_interval"):
+        for name in ("lease_seconds", "give_up_after", "job_poll_interval", "poll_rate"):
             positive(getattr(self, name), name)
         for name in ("ingest_chunk", "uploads_at_once"):
             whole_number(getattr(self, name), name)

@@ -32,6 +32,7 @@ from ..store.base import Store
 from .config import EngineConfig
 from .leases import new_owner, owner_is_dead
 from .planning import plan_shard
+from .polling import Polls
 from .pool import ProviderPool
 from .retry import RetryStrategy
 from .runner import EngineShared, ShardRunner
@@ -81,9 +82,11 @@ class Engine:
             session.wake()
 
     def cancel_seen(self, job_id: str) -> None:
-        """A job of this store was cancelled: runners ask the provider to stop its batches at the next poll."""
+        """A job of this store was cancelled: runners ask the provider to stop its batches at the next poll, which
+        comes at once."""
         self.cancelled.add(job_id)
         for session in self._sessions:
+            session.shared.polls.nudge(job_id)
             session.wake()
 
     def provider(self, job: Job, route: str) -> Provider:
@@ -132,12 +135,13 @@ class Engine:
 
     @asynccontextmanager
     async def _session(self, *, give_up_after: float | None) -> AsyncIterator[_Session]:
-        shared = EngineShared(
-            store=self.store, config=self.config, retry=self.retry, events=self.events, spool_dir=self.spool_dir,
-            give_up_after=give_up_after, upload_slots=self._upload_slots, ingest_slots=self._ingest_slots,
-            reconcile_lock=self._reconcile_lock, cancelled=self.cancelled,
-        )
         async with anyio.create_task_group() as tg:
+            shared = EngineShared(
+                store=self.store, config=self.config, retry=self.retry, events=self.events, spool_dir=self.spool_dir,
+                give_up_after=give_up_after, upload_slots=self._upload_slots, ingest_slots=self._ingest_slots,
+                polls=Polls(tg, self.config, self.cancelled), reconcile_lock=self._reconcile_lock,
+                cancelled=self.cancelled,
+            )
             session = _Session(self, shared, tg)
             self._sessions.append(session)
             tg.start_soon(session.keep_leases)

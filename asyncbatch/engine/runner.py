@@ -24,7 +24,6 @@ from ..events import BatchCreated, BatchStatusChanged, EventBus, ResultsIngested
 from ..failpoints import failpoint
 from ..http import WAITING
 from ..jsonl import SpoolWriter
-from ..metrics import POLLS
 from ..model import (
     BatchError,
     BatchStatus,
@@ -41,6 +40,7 @@ from ..model import (
 from ..providers.base import Provider
 from ..store.base import Store
 from .config import EngineConfig
+from .polling import Polls
 from .retry import RetryStrategy, StepRetry
 
 log = logging.getLogger("asyncbatch")
@@ -66,6 +66,7 @@ class EngineShared:
     give_up_after: float | None  # ``run`` gives up a failing step after this long; ``serve`` never does
     upload_slots: anyio.CapacityLimiter
     ingest_slots: anyio.CapacityLimiter
+    polls: Polls  # the session's pollers, one per provider
     reconcile_lock: anyio.Lock = field(default_factory=anyio.Lock)
     cancelled: set[str] = field(default_factory=set)  # jobs whose cancel this engine has seen
 
@@ -267,52 +268,45 @@ class ShardRunner:
                                                 adopted=adopted))
 
     async def _poll(self, shard: Shard) -> None:
+        """Follow the batch until it ends: its provider's poller looks at it (with all the others, see
+        ``polling``) and wakes this runner when there is something new."""
         assert shard.batch_id is not None
-        interval = self.config.poll_interval
         cancel_sent = False
         # a 404 this soon after the create means "not visible yet" (Anthropic's eventual consistency); later, the
         # provider has forgotten the batch (measured from the create, also when an earlier process made it)
         visible_by = (shard.creating_at or 0.0) + self.provider.visibility_grace
         last: tuple[str, dict[str, int]] | None = None
-        while True:
-            try:
-                POLLS.labels(self.provider.name).inc()
-                remote = await self.provider.retrieve(shard.batch_id)
-                stoppable = remote.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
-                cancel = self.job.id in self.shared.cancelled
-                if cancel and not cancel_sent and stoppable and not remote.status.is_terminal:
-                    remote = await self.provider.cancel(shard.batch_id)
-                    cancel_sent = True
-            except NotFoundError as exc:
-                if time.time() <= visible_by:
-                    remote = None
-                else:
+        poller = self.shared.polls.poller(self.provider)
+        with poller.watch(shard.batch_id, self.job.id, shard.provider_created_at or 0.0) as watch:
+            while True:
+                try:
+                    remote = await watch.next()
+                    stoppable = remote.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+                    cancel = self.job.id in self.shared.cancelled
+                    if cancel and not cancel_sent and stoppable and not remote.status.is_terminal:
+                        remote = await self.provider.cancel(shard.batch_id)
+                        cancel_sent = True
+                except NotFoundError as exc:
+                    if time.time() <= visible_by:
+                        continue  # not visible yet: the poller looks again
                     await self._vanished(shard, exc)
                     return
-            except ProviderError as exc:
-                await self._failed(exc)
-                continue
-            self.step.reset()
-            if remote is not None:
+                except ProviderError as exc:
+                    await self._failed(exc)
+                    continue
+                self.step.reset()
                 seen = (remote.status.value, remote.counts)
                 if seen != last or remote.status.is_terminal:
                     await self.store.shard_polled(self.lease, remote)
                     failpoint("during_poll")
                     if seen != last:
-                        if last is None or seen[0] != last[0]:
-                            # a new phase (validating -> in progress -> finalizing): look again soon. Counts
-                            # that move do not reset the backoff: they move all along a batch that runs for
-                            # hours, and polling each of 1,000 batches every few seconds helps nobody.
-                            interval = self.config.poll_interval
                         self.shared.events.publish(BatchStatusChanged(
                             job_id=self.job.id, shard_id=shard.id, batch_id=remote.id, status=remote.status,
                             counts=remote.counts))
                     last = seen
                 if remote.status.is_terminal:
                     return
-            # no lease renewal here: the engine's lease keeper renews every lease in one UPDATE
-            await anyio.sleep(interval * (0.8 + 0.4 * random.random()))
-            interval = min(interval * 1.5, self.config.max_poll_interval)
+                # no lease renewal here: the engine's lease keeper renews every lease in one UPDATE
 
     async def _vanished(self, shard: Shard, exc: NotFoundError) -> None:
         """The provider no longer knows a batch we recorded. Look for the shard's batch by token once more (a

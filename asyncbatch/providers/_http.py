@@ -3,15 +3,18 @@ bodies streamed from a spool file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import anyio
 
 from ..checks import check_url
-from ..errors import AuthenticationError, NotFoundError
+from ..errors import AuthenticationError, NotFoundError, ProviderError
 from ..http import HttpClient, RetryPolicy
+from ..model import RemoteBatch
+
+T = TypeVar("T")
 
 
 class HttpProvider:
@@ -103,3 +106,16 @@ async def spooled_array(spool: Path, head: bytes, tail: bytes) -> AsyncIterator[
             held = data[-1:]
             yield data[:-1].replace(b"\n", b",")
     yield held.rstrip(b"\n") + tail
+
+
+def listed(items: Iterable[T], normalise: Callable[[T], RemoteBatch]) -> list[RemoteBatch]:
+    """A page of an account's batch listing, normalised; a batch of a shape we do not know (another client's, in
+    a state we cannot name) is left out rather than failing the page: the engine polls its own batches one by one
+    when a listing does not show them."""
+    page = []
+    for item in items:
+        try:
+            page.append(normalise(item))
+        except ProviderError:
+            continue
+    return page

@@ -18,7 +18,7 @@ import datetime as dt
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,7 +29,7 @@ from msgspec import Meta
 from ..errors import BadRequestError, ProviderError, ValidationError
 from ..http import Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
-from ._http import HttpProvider, spooled_array
+from ._http import HttpProvider, listed, spooled_array
 from ._tokens import FIND_MARGIN, provider_horizon, shard_prefix, token_wire_id
 from .anthropic_translate import AnthropicUsage, body_error, translate
 from .base import RemoteBatch, ResultLine, ShardLimits
@@ -51,6 +51,7 @@ DEFAULT_LIMITS = ShardLimits(max_requests=100_000, max_bytes=MAX_BYTES)
 #: resolution, the time the create took to arrive, and clocks of workers that differ a little.
 UNVERIFIED_WINDOW = 60.0
 FIND_PAGE = "100"
+LIST_PAGE = "1000"  # the most the listing returns at once
 
 ERROR_STATUS = {
     "invalid_request_error": 400,
@@ -312,32 +313,49 @@ class AnthropicProvider(HttpProvider):
         return found
 
     async def _search(self, shard: ShardInfo, exclude: Collection[str]) -> RemoteBatch | None:
-        http = self._client()
-        params = {"limit": FIND_PAGE}
         unverified: list[_MessageBatch] = []
         creating: float | None = None  # when the shard entered `creating`, on Anthropic's clock
-        while True:
-            response = await http.request("GET", BATCHES, params=params)
-            page = _decode(response, _BatchPage)
-            if creating is None:
-                creating = provider_horizon(response.headers, shard.created_at, margin=0.0)
-            horizon = creating - FIND_MARGIN if creating is not None else None
-            in_window = [b for b in page.data if horizon is None or _timestamp(b.created_at) >= horizon]
-            for batch in in_window:
-                if batch.total != shard.request_count or batch.id in exclude:
-                    continue
-                if batch.processing_status != "ended":
-                    if creating is None or _timestamp(batch.created_at) >= creating - UNVERIFIED_WINDOW:
-                        unverified.append(batch)
-                elif (await self._first_wire_id(batch) or "").startswith(shard_prefix(shard.token)):
-                    return msgspec.structs.replace(self._normalise(batch), token=shard.token)  # verified
-            if not page.has_more or not page.data or len(in_window) < len(page.data):
-                break
-            params = {"limit": FIND_PAGE, "after_id": page.last_id or page.data[-1].id}
+        async with contextlib.aclosing(self._pages(FIND_PAGE)) as pages:
+            async for page, headers in pages:
+                if creating is None:
+                    creating = provider_horizon(headers, shard.created_at, margin=0.0)
+                horizon = creating - FIND_MARGIN if creating is not None else None
+                in_window = [b for b in page if horizon is None or _timestamp(b.created_at) >= horizon]
+                for batch in in_window:
+                    if batch.total != shard.request_count or batch.id in exclude:
+                        continue
+                    if batch.processing_status != "ended":
+                        if creating is None or _timestamp(batch.created_at) >= creating - UNVERIFIED_WINDOW:
+                            unverified.append(batch)
+                    elif (await self._first_wire_id(batch) or "").startswith(shard_prefix(shard.token)):
+                        return msgspec.structs.replace(self._normalise(batch), token=shard.token)  # verified
+                if len(in_window) < len(page):
+                    break
         if not unverified:
             return None
         when = creating if creating is not None else _timestamp(unverified[0].created_at)
         return self._normalise(min(unverified, key=lambda b: abs(_timestamp(b.created_at) - when)))
+
+    async def listing(self) -> AsyncGenerator[list[RemoteBatch], None]:
+        """The account's batches, newest first, a page at a time: what the engine's poller reads the statuses
+        of many batches from, one call per page."""
+        async with contextlib.aclosing(self._pages(LIST_PAGE)) as pages:
+            async for page, _ in pages:
+                yield listed(page, self._normalise)
+
+    async def _pages(self, size: str) -> AsyncGenerator[tuple[list[_MessageBatch], Mapping[str, str]], None]:
+        """The pages of the batch listing, newest first (none empty): (batches, the answer's headers)."""
+        http = self._client()
+        params = {"limit": size}
+        while True:
+            response = await http.request("GET", BATCHES, params=params)
+            page = _decode(response, _BatchPage)
+            if not page.data:
+                return
+            yield page.data, response.headers
+            if not page.has_more:
+                return
+            params = {"limit": size, "after_id": page.last_id or page.data[-1].id}
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:
         response = await self._client().request("GET", f"{BATCHES}/{batch_id}")

@@ -35,7 +35,7 @@ import msgspec
 from ..errors import ProviderError, ValidationError
 from ..http import Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo
-from ._http import BODY_BLOCK, HttpProvider
+from ._http import BODY_BLOCK, HttpProvider, listed
 from ._tokens import provider_horizon, token_wire_id
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 from .gemini_translate import GeminiUsage, translate_chat, translate_embedding
@@ -387,19 +387,37 @@ class GeminiProvider(HttpProvider):
         the time elapsed on ours, see :func:`._tokens.provider_horizon`): our clock is never compared with
         Google's. Without that header the whole listing is searched.
         """
-        http = self._client()
         wanted = _display_name(shard)
+        async with contextlib.aclosing(self._pages()) as pages:
+            async for operations, headers in pages:
+                for operation in operations:
+                    if operation.metadata.display_name == wanted and operation.name not in exclude:
+                        return self._normalise(operation)
+                horizon = provider_horizon(headers, shard.created_at)
+                last = operations[-1].metadata.create_time
+                if horizon is not None and last and _timestamp(last) < horizon:
+                    return None
+        return None
+
+    async def listing(self) -> AsyncGenerator[list[RemoteBatch], None]:
+        """The project's batches, newest first, a page at a time: what the engine's poller reads the statuses
+        of many batches from, one call per page."""
+        async with contextlib.aclosing(self._pages()) as pages:
+            async for operations, _ in pages:
+                yield listed(operations, self._normalise)
+
+    async def _pages(self) -> AsyncGenerator[tuple[list[_Operation], Mapping[str, str]], None]:
+        """The pages of the batch listing, newest first (none empty): (operations, the answer's headers)."""
+        http = self._client()
         params = {"pageSize": FIND_PAGE}
         while True:
             response = await http.request("GET", self._path("batches"), params=params)
             page = _decode(response, _OperationPage)
-            for operation in page.operations:
-                if operation.metadata.display_name == wanted and operation.name not in exclude:
-                    return self._normalise(operation)
-            horizon = provider_horizon(response.headers, shard.created_at)
-            last = page.operations[-1].metadata.create_time if page.operations else None
-            if not page.next_page_token or (horizon is not None and last and _timestamp(last) < horizon):
-                return None
+            if not page.operations:
+                return
+            yield page.operations, response.headers
+            if not page.next_page_token:
+                return
             params = {"pageSize": FIND_PAGE, "pageToken": page.next_page_token}
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:

@@ -32,7 +32,7 @@ import msgspec
 from ..errors import ProviderError, UnsupportedFeatureError, ValidationError
 from ..http import Response, RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
-from ._http import HttpProvider, spooled_array
+from ._http import HttpProvider, listed, spooled_array
 from ._tokens import provider_horizon, token_wire_id
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 
@@ -329,21 +329,38 @@ class MistralProvider(HttpProvider):
         ``creating`` moment moved onto Mistral's clock (see :func:`._tokens.provider_horizon`): our clock is
         never compared with Mistral's.
         """
+        async with contextlib.aclosing(self._pages({TOKEN_KEY: shard.token})) as pages:
+            async for jobs, headers in pages:
+                for job in jobs:
+                    if (job.metadata or {}).get(TOKEN_KEY) == shard.token and job.id not in exclude:
+                        return self._normalise(job)
+                horizon = provider_horizon(headers, shard.created_at)
+                last = jobs[-1].created_at
+                if horizon is not None and last is not None and last < horizon:
+                    return None
+        return None
+
+    async def listing(self) -> AsyncGenerator[list[RemoteBatch], None]:
+        """The workspace's jobs, newest first, a page at a time: what the engine's poller reads the statuses
+        of many jobs from, one call per page."""
+        async with contextlib.aclosing(self._pages({})) as pages:
+            async for jobs, _ in pages:
+                yield listed(jobs, self._normalise)
+
+    async def _pages(self, filters: Mapping[str, str]) -> AsyncGenerator[tuple[list[_Job], Mapping[str, str]], None]:
+        """The pages of the job listing, newest first (none empty): (jobs, the answer's headers)."""
         http = self._client()
         page = 0
         while True:
-            params = {"page": str(page), "page_size": FIND_PAGE, "order_by": "-created", TOKEN_KEY: shard.token}
+            params = {"page": str(page), "page_size": FIND_PAGE, "order_by": "-created", **filters}
             response = await http.request("GET", "/v1/batch/jobs", params=params)
             listing = _decode(response, _JobPage)
-            for job in listing.data:
-                if (job.metadata or {}).get(TOKEN_KEY) == shard.token and job.id not in exclude:
-                    return self._normalise(job)
-            horizon = provider_horizon(response.headers, shard.created_at)
-            last = listing.data[-1].created_at if listing.data else None
+            if not listing.data:
+                return
+            yield listing.data, response.headers
             page += 1
-            if page * int(FIND_PAGE) >= listing.total or not listing.data or (
-                    horizon is not None and last is not None and last < horizon):
-                return None
+            if page * int(FIND_PAGE) >= listing.total:
+                return
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:
         response = await self._client().request("GET", f"/v1/batch/jobs/{batch_id}")

@@ -23,7 +23,7 @@ import msgspec
 from ..errors import NotFoundError, ProviderError, ValidationError
 from ..http import RetryPolicy
 from ..model import BatchStatus, Outcome, Request, ShardInfo, Usage
-from ._http import HttpProvider
+from ._http import HttpProvider, listed
 from ._tokens import provider_horizon
 from .base import BatchError, RemoteBatch, ResultLine, ShardLimits
 
@@ -95,7 +95,7 @@ TOKEN_KEY = "asyncbatch_token"
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-FIND_PAGE = "100"
+LIST_PAGE = "100"  # the most GET /batches returns at once
 _MB = 1024 * 1024
 #: Planner headroom under the 200 MB input cap: the provider's own byte count may differ a little from ours.
 BYTES_MARGIN = 2 * _MB
@@ -461,19 +461,37 @@ class OpenAIProvider(HttpProvider):
         for this token cannot be older, so an account's history is never scanned, and our clock is never
         compared with the provider's.
         """
+        async with contextlib.aclosing(self._pages()) as pages:
+            async for items, headers in pages:
+                for item in items:
+                    if item.metadata and item.metadata.get(TOKEN_KEY) == shard.token and item.id not in exclude:
+                        return self._normalise(item)
+                horizon = provider_horizon(headers, shard.created_at)
+                if horizon is not None and _epoch(items[-1].created_at) < horizon:
+                    return None
+        return None
+
+    async def listing(self) -> AsyncGenerator[list[RemoteBatch], None]:
+        """The account's batches, newest first, a page at a time: what the engine's poller reads the statuses
+        of many batches from, one call per page."""
+        async with contextlib.aclosing(self._pages()) as pages:
+            async for items, _ in pages:
+                yield listed(items, self._normalise)
+
+    async def _pages(self) -> AsyncGenerator[tuple[list[_Batch], Mapping[str, str]], None]:
+        """The pages of ``GET /batches``, newest first (none empty): (batches, the answer's headers)."""
         http = self._client()
-        params = {"limit": FIND_PAGE}
+        params = {"limit": LIST_PAGE}
         while True:
             response = await http.request("GET", self._path("/batches"), params=params)
             page = msgspec.json.decode(response.body, type=_BatchPage | list[_Batch])
             items, cursor = (page, None) if isinstance(page, list) else (page.data, _next_page(page))
-            for item in items:
-                if item.metadata and item.metadata.get(TOKEN_KEY) == shard.token and item.id not in exclude:
-                    return self._normalise(item)
-            horizon = provider_horizon(response.headers, shard.created_at)
-            if cursor is None or not items or (horizon is not None and _epoch(items[-1].created_at) < horizon):
-                return None
-            params = {"limit": FIND_PAGE, **cursor}
+            if not items:
+                return
+            yield items, response.headers
+            if cursor is None:
+                return
+            params = {"limit": LIST_PAGE, **cursor}
 
     async def retrieve(self, batch_id: str) -> RemoteBatch:
         response = await self._client().request("GET", self._path(f"/batches/{batch_id}"))

@@ -347,3 +347,27 @@ async def test_a_wait_the_server_asked_for_shows_on_the_shard_while_it_lasts(tmp
             shard = (await bm.shards(job.id))[0]
     assert "HTTP 429 (retry-after" in (notes[-1] or "") and "trying again in 2s" in (notes[-1] or "")
     assert shard.last_error is None and shard.phase.value == "ingested"
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_batches_in_flight_are_polled_from_list_pages(tmp_path: Path, kind: str) -> None:
+    """30 batches in flight: their statuses come from the listing, a page for all of them, and each batch is read
+    alone once, when the listing shows it ended (one poll a batch, where each used to be polled many times)."""
+    from asyncbatch.providers.anthropic import AnthropicProvider
+
+    lines = [chat_line(f"r{i}", model="claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini")
+             for i in range(30)]
+    async with run_emulator(EmulatorConfig(complete_after=1.5), data_dir=tmp_path / "emu") as emu:
+        source = provider(emu) if kind == "openai" else AnthropicProvider(
+            api_key=API_KEY, base_url=emu.anthropic_base_url, retry=FAST_RETRY)
+        async with BatchManager(tmp_path / "jobs.db", provider=source, poll_interval=0.05, max_poll_interval=0.2,
+                                max_requests_per_batch=1) as bm:
+            job = await bm.submit(lines)
+            with anyio.fail_after(60):
+                job = await bm.wait(job.id)
+        calls = emu.ledger.calls
+    assert job.status is JobStatus.DONE and job.counts.completed == 30
+    one, listing = {"openai": ("GET /v1/batches/{batch_id}", "GET /v1/batches"),
+                    "anthropic": ("GET /v1/messages/batches/{batch_id}", "GET /v1/messages/batches")}[kind]
+    assert calls[one] == 30
+    assert 0 < calls[listing] < 1.5 / 0.05  # fewer than one poll of one batch at the shortest interval would make

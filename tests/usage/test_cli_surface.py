@@ -151,6 +151,6 @@ async def test_vv_logs_our_debug_lines_without_the_libraries_or_any_prompt(tmp_p
             code, out, logs[flag] = await cli(flag, "run", "--db", str(db), "--poll-interval", "0.05")
             assert code == 0 and f"{job.id} done" in out, logs[flag]
     quiet, loud = logs["-vv"], logs["-vvv"]
-    assert "DEBUG asyncbatch.http: GET /batches/" in quiet and "trying again in" in quiet and "INFO asyncbatch" in quiet
+    assert "DEBUG asyncbatch.http: GET /batches" in quiet and "trying again in" in quiet and "INFO asyncbatch" in quiet
     assert "aiosqlite" not in quiet and prompt not in quiet
     assert "DEBUG aiosqlite" in loud  # -vvv lets the libraries speak (prompts included: the user asked)
