@@ -63,6 +63,16 @@ _seconds = _checked(float, checks.positive, "a number of seconds")
 _count = _checked(int, checks.whole_number, "a whole number")
 _attempts = _checked(int, checks.max_attempts, "a whole number")
 _port = _checked(int, checks.port, "a port number")
+_zero_or_more = _checked(float, checks.non_negative, "a number of seconds")
+
+
+def _pacing_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``run`` and ``worker`` that pace the provider calls and the retries of many batches."""
+    p.add_argument("--poll-rate", type=_seconds, default=10.0, metavar="CALLS",
+                   help="calls a second at most spent polling one provider, all its batches together (default 10)")
+    p.add_argument("--retry-window", type=_zero_or_more, default=30.0, metavar="SECONDS",
+                   help="how long failed requests wait for the failures of the job's other batches still out, "
+                        "to be sent again together (default 30; 0: at once)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=_seconds, default=60.0,
                    help="how long another process waits before taking over the batches of one that stopped "
                         "answering (a dead one's are taken over at once)")
+    _pacing_options(p)
     p.add_argument("--base-url", type=partial(_url, credentials=False),
                    help="send the jobs' batches not yet created to this base URL from now on (repoints their "
                         "default provider, e.g. after a wrong one at submit); never with a key in it")
@@ -136,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "answering (a dead one's are taken over at once)")
     p.add_argument("--max-requests-per-batch", type=_count, help="shard below this many requests per batch")
     p.add_argument("--max-bytes-per-batch", type=_count, help="shard below this many bytes per batch")
+    _pacing_options(p)
     p.add_argument("--max-jobs", type=_count, help="drive at most this many jobs at once (default: all)")
     p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (and /healthz)")
@@ -342,7 +354,7 @@ async def _run(args: argparse.Namespace) -> int:
     async with _manager(
         args, poll_interval=args.poll_interval, max_poll_interval=args.max_poll_interval,
         max_requests_per_batch=args.max_requests_per_batch, max_bytes_per_batch=args.max_bytes_per_batch,
-        lease_seconds=args.lease_seconds, **tuning,
+        lease_seconds=args.lease_seconds, poll_rate=args.poll_rate, retry_window=args.retry_window, **tuning,
     ) as bm:
         stopped_by: list[str] = []
 
@@ -593,7 +605,7 @@ async def _worker(args: argparse.Namespace) -> int:
     config = EngineConfig(
         poll_interval=args.poll_interval, max_poll_interval=max(args.max_poll_interval, args.poll_interval),
         lease_seconds=args.lease_seconds, max_requests_per_batch=args.max_requests_per_batch,
-        max_bytes_per_batch=args.max_bytes_per_batch,
+        max_bytes_per_batch=args.max_bytes_per_batch, poll_rate=args.poll_rate, retry_window=args.retry_window,
     )
     keys = None
     if args.config:

@@ -72,6 +72,8 @@ class BatchManager:
         give_up_after: float = 900.0,
         api_key_env: str | None = None,
         keys: KeyResolver = env_key,
+        poll_rate: float = 10.0,
+        retry_window: float = 30.0,
     ) -> None:
         self.store: Store = db if not isinstance(db, str | os.PathLike) else open_store(db)
         self.config = EngineConfig(
@@ -79,6 +81,7 @@ class BatchManager:
             max_requests_per_batch=max_requests_per_batch, max_bytes_per_batch=max_bytes_per_batch,
             lease_seconds=lease_seconds, spool_dir=os.fspath(spool_dir) if spool_dir is not None else None,
             ingest_chunk=ingest_chunk, capacity_hold=capacity_hold, give_up_after=give_up_after,
+            poll_rate=poll_rate, retry_window=retry_window,
         )
         self.pool = ProviderPool(keys=keys)
         self.events = EventBus()

@@ -27,7 +27,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     provider keeps failing (unreachable, 5xx) before ``run`` reports it; ``serve`` keeps trying.
     ``job_poll_interval`` is how often a serving worker looks for new jobs when the store cannot notify it.
     ``poll_rate`` bounds the calls a second spent polling one provider, all its batches together (where it lists
-    batches, one call reads the status of a page of them).
+    batches, one call reads the status of a page of them). ``retry_window`` is how long failed requests to be
+    sent again wait for the failures of the job's other batches still out, to go back in one batch (0: at once).
     """
 
     poll_interval: float = 5.0
@@ -42,6 +43,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
     give_up_after: float = 900.0
     job_poll_interval: float = 1.0
     poll_rate: float = 10.0
+    retry_window: float = 30.0
 
     def __post_init__(self) -> None:
         poll_intervals(self.poll_interval, self.max_poll_interval)
@@ -53,6 +55,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True):
             if getattr(self, name) is not None:
                 whole_number(getattr(self, name), name)
         non_negative(self.capacity_hold, "capacity_hold")
+        non_negative(self.retry_window, "retry_window")
 
     def limits(self, provider: ShardLimits) -> ShardLimits:
         """The provider's limits, lowered by the configured ones."""

@@ -31,7 +31,7 @@ from ..providers.base import Provider
 from ..store.base import Store
 from .config import EngineConfig
 from .leases import new_owner, owner_is_dead
-from .planning import plan_shard
+from .planning import Held, plan_shard
 from .polling import Polls
 from .pool import ProviderPool
 from .retry import RetryStrategy
@@ -197,6 +197,7 @@ class _Session:
     active: dict[int, str] = field(default_factory=dict)  # shard id -> job id, for shards with a task here
     failed: dict[int, tuple[str, float, Exception]] = field(default_factory=dict)  # shard -> (job, when, error)
     stuck: dict[str, Exception] = field(default_factory=dict)  # jobs ``run`` could not finish
+    held: dict[str, float] = field(default_factory=dict)  # job -> since when its retries wait (monotonic)
     _waiters: dict[str | None, anyio.Event] = field(default_factory=dict)  # per job; None: the serve loop
 
     @property
@@ -244,7 +245,11 @@ class _Session:
                 woken = self.waiter(job_id)  # made before the step, so a wake during the step is not lost
                 if await self.step(job_id):
                     return
-                with anyio.move_on_after(min(self.engine.config.lease_seconds / 3, 5.0)):
+                config = self.engine.config
+                wait = min(config.lease_seconds / 3, 5.0)
+                if job_id in self.held:  # step again when its retries' window ends
+                    wait = min(wait, self.held[job_id] + config.retry_window - time.monotonic())
+                with anyio.move_on_after(max(wait, 0.0)):
                     await woken.wait()
         finally:
             self.jobs.discard(job_id)
@@ -271,12 +276,19 @@ class _Session:
 
             # Each shard is started as soon as it is planned: its upload and batch overlap the planning of
             # the next, and its results can be ingested while the provider still runs later shards.
-            while planned := await plan_shard(store, job_id, limits, wire_id):
+            hold = self._hold_retries(job_id)
+            while planned := await plan_shard(store, job_id, limits, wire_id, hold_retries=hold):
+                if isinstance(planned, Held):
+                    self.held.setdefault(job_id, time.monotonic())
+                    break
+                self.held.pop(job_id, None)
                 if planned.attempt > 1:
                     engine.events.publish(RequestsResubmitted(job_id=job_id, shard_id=planned.id,
                                                               count=planned.request_count, attempt=planned.attempt))
                     failpoint("after_resubmit_plan")
                 await self.start_shards(job)
+            if planned is None:
+                self.held.pop(job_id, None)  # nothing is pending
         await self.start_shards(job)
         if job_id in self.active.values():
             return False
@@ -304,6 +316,17 @@ class _Session:
                 continue
             self.active[lease.shard_id] = job.id
             self.tg.start_soon(self._shard_task, job, lease)
+
+    def _hold_retries(self, job_id: str) -> bool:
+        """Whether the job's failed requests waiting to be sent again wait a little longer for others: while other
+        shards of the job are still out, for at most ``retry_window`` from the first time they waited, so that
+        the failures of many batches go back together instead of as a batch each (retry dust). A job whose only
+        work left is those requests does not wait at all."""
+        window = self.engine.config.retry_window
+        if window <= 0 or job_id not in self.active.values():
+            return False
+        since = self.held.get(job_id)
+        return since is None or time.monotonic() - since < window
 
     def _resting(self, shard_id: int) -> bool:
         """A shard that failed here: ``run`` does not try it again, ``serve`` after a pause."""

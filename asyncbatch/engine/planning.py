@@ -20,26 +20,37 @@ log = logging.getLogger("asyncbatch")
 PLAN_PAGE = 5000  # pending requests read at a time while planning
 
 
+class Held:
+    """What ``plan_shard`` returns when it left failed requests pending to be gathered with others."""
+
+
+HELD = Held()
+
+
 async def plan_shard(
-    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn]
-) -> PlannedShard | None:
+    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn], *,
+    hold_retries: bool = False,
+) -> PlannedShard | Held | None:
     """Put pending requests of the job into one new shard; None when none is pending.
 
     ``limits(route)`` and ``wire_id(route)`` come from the provider of the route the first pending request is
     for. Each request's attempt goes up by one. One shard per session, so that the engine uploads a shard while
-    it plans the next. A session the store could not finish because another worker took its requests meanwhile
+    it plans the next. With ``hold_retries``, requests that all failed before and do not fill a batch are left
+    pending (``HELD``): the engine gathers them with the failures still to come back (see ``retry_window``). A
+    session the store could not finish because another worker took its requests meanwhile
     (``PlanningConflictError``) stored nothing: None, and the job's next step plans again.
     """
     try:
-        return await _plan(store, job_id, limits, wire_id)
+        return await _plan(store, job_id, limits, wire_id, hold_retries)
     except PlanningConflictError as exc:
         log.info("%s; planning again", exc)
         return None
 
 
 async def _plan(
-    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn]
-) -> PlannedShard | None:
+    store: Store, job_id: str, limits: Callable[[str], ShardLimits], wire_id: Callable[[str], WireIdFn],
+    hold_retries: bool,
+) -> PlannedShard | Held | None:
     async with store.planning(job_id) as session:
         shard: PlannedShard | None = None
         bound = ShardLimits(max_requests=PLAN_PAGE, max_bytes=0)
@@ -54,6 +65,8 @@ async def _plan(
             if shard is None:
                 first = rows[0]
                 bound, make_id = limits(first.route), wire_id(first.route)
+                if hold_retries and len(rows) < min(room, bound.max_requests) and all(r.attempts for r in rows):
+                    return HELD
                 shard = PlannedShard(route=first.route, endpoint=first.url, model=first.model, request_count=0,
                                      bytes=0)
                 await session.add_shard(shard)

@@ -371,3 +371,18 @@ async def test_batches_in_flight_are_polled_from_list_pages(tmp_path: Path, kind
                     "anthropic": ("GET /v1/messages/batches/{batch_id}", "GET /v1/messages/batches")}[kind]
     assert calls[one] == 30
     assert 0 < calls[listing] < 1.5 / 0.05  # fewer than one poll of one batch at the shortest interval would make
+
+
+async def test_retries_of_many_batches_go_back_in_one_batch(tmp_path: Path) -> None:
+    """One failure in each of 10 batches of 5: held while other batches are out (retry_window), then sent again
+    together as soon as nothing else can come back: two full batches of retries, not 10 batches of one, and no
+    wait for the window once the last batch is in (it is 60 s here; the job ends well within that)."""
+    lines = [chat_line(f"r{i}", "[[fail_attempts:1]]" if i % 5 == 0 else "hello") for i in range(50)]
+    async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
+        with anyio.fail_after(30):
+            job, results, shards = await run_job(tmp_path / "jobs.db", emu, lines, max_requests_per_batch=5,
+                                                 retry_window=60.0)
+    assert job.status is JobStatus.DONE and job.counts.completed == 50
+    again = [s for s in shards if s.attempt > 1]
+    assert len(shards) == 12 and [s.request_count for s in again] == [5, 5]
+    assert all(results[f"r{i}"].attempt == 2 for i in range(0, 50, 5))
