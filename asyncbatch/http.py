@@ -240,7 +240,21 @@ class HttpClient:
         self, path: str, *, headers: Mapping[str, str] | None = None
     ) -> AsyncGenerator[tuple[int, bytes], None]:
         """The non-blank lines of a response body with their 1-based numbers (as ``jsonl.iter_lines`` gives a
-        file's), as they arrive: nothing is written to disk and the caller's work overlaps the transfer.
+        file's), as they arrive (see ``blocks``)."""
+        blocks = self.blocks(path, headers=headers)
+        async with contextlib.aclosing(blocks):
+            async for first, block in blocks:
+                for number, line in enumerate(block.split(b"\n"), first):
+                    if line.strip():
+                        yield number, line
+
+    async def blocks(
+        self, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """A response body as it arrives, in blocks of whole lines, each with the 1-based number of its first
+        line: nothing is written to disk, the caller's work overlaps the transfer, and a caller that decodes
+        lines many at a time (``Decoder.decode_lines``) makes one call per block, not one per line. A block holds
+        no final newline; it may hold blank lines.
 
         A body that breaks or ends short raises ``ConnectionFailedError`` (retryable) after the lines that
         did arrive whole; a cut last line is never yielded. Whatever the caller did with the lines must
@@ -249,7 +263,7 @@ class HttpClient:
         """
         async with contextlib.AsyncExitStack() as stack:
             resp = await self._open_body(stack, path, headers)
-            size = number = 0
+            size, number = 0, 1
             partial: list[bytes] = []  # pieces of a line that has not ended yet (a long line is joined once)
             try:
                 async for chunk in resp.content.iter_any():
@@ -258,19 +272,17 @@ class HttpClient:
                     if end < 0:
                         partial.append(chunk)
                         continue
-                    complete = b"".join((*partial, chunk[:end])) if partial else chunk[:end]
+                    block = b"".join((*partial, chunk[:end])) if partial else chunk[:end]
                     partial = [chunk[end + 1:]]
-                    for line in complete.split(b"\n"):
-                        number += 1
-                        if line.strip():
-                            yield number, line
+                    yield number, block
+                    number += block.count(b"\n") + 1
             except _CONNECTION_ERRORS as exc:
                 raise ConnectionFailedError(self.redact(f"GET {self._shown(path)}: {_describe(exc)}")) from None
             expected = resp.content_length
             if expected is not None and size != expected:
                 raise ConnectionFailedError(f"GET {self._shown(path)}: body cut at {size} of {expected} bytes")
             if (last := b"".join(partial)).strip():
-                yield number + 1, last
+                yield number, last
 
     async def first_line(self, path: str, *, headers: Mapping[str, str] | None = None) -> bytes | None:
         """The first non-blank line of a body (None when it has none), reading no further than that line:

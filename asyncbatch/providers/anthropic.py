@@ -368,10 +368,11 @@ class AnthropicProvider(HttpProvider):
     async def results(self, batch: RemoteBatch, workdir: Path) -> AsyncGenerator[ResultLine, None]:
         """The results JSONL, decoded as it downloads (nothing is written to ``workdir``). A transfer cut
         short raises a retryable error: the engine starts over, and ingesting a line twice is harmless."""
-        lines = self._client().lines(batch.output_file_id or f"{BATCHES}/{batch.id}/results")
-        async with contextlib.aclosing(lines):
-            async for number, line in lines:
-                yield _result_line(number, line)
+        blocks = self._client().blocks(batch.output_file_id or f"{BATCHES}/{batch.id}/results")
+        async with contextlib.aclosing(blocks):
+            async for first, block in blocks:
+                for line in _result_lines(first, block):
+                    yield line
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -425,33 +426,54 @@ def _timestamp(value: str | None) -> float:
     return dt.datetime.fromisoformat(value).timestamp() if value else 0.0
 
 
+def _result_lines(first: int, block: bytes) -> list[ResultLine]:
+    """The lines of a block of results, decoded in two calls: the lines (messages kept raw), then the indexed
+    fields of the messages. A block that does not decode so is decoded line by line, which names the line at
+    fault."""
+    try:
+        rows = _row_decoder.decode_lines(block)
+        succeeded = [row.result.message for row in rows if _succeeded(row.result)]
+        summaries = iter(_summary_decoder.decode_lines(b"\n".join(succeeded)))
+        return [_line(row, next(summaries) if _succeeded(row.result) else None) for row in rows]
+    except (msgspec.DecodeError, StopIteration):
+        return [_result_line(number, raw) for number, raw in enumerate(block.split(b"\n"), first) if raw.strip()]
+
+
+def _succeeded(result: _Result) -> bool:
+    return result.type == "succeeded" and result.message != _NULL
+
+
 def _result_line(number: int, raw: bytes) -> ResultLine:
     try:
         row = _row_decoder.decode(raw)
-        result = row.result
-        if result.type == "succeeded" and result.message != _NULL:
-            summary = _summary_decoder.decode(result.message)
-            return ResultLine(
-                wire_id=row.custom_id,
-                outcome=Outcome.SUCCEEDED,
-                status_code=200,
-                body=result.message,
-                usage=summary.usage.normalise() if summary.usage else None,
-                model=summary.model,
-            )
-        if result.type == "errored":
-            envelope = _error_decoder.decode(result.error) if result.error != _NULL else _ErrorResponse()
-            return ResultLine(
-                wire_id=row.custom_id,
-                outcome=Outcome.ERRORED,
-                status_code=ERROR_STATUS.get(envelope.error.type),
-                body=result.error if result.error != _NULL else None,
-                error_code=envelope.error.type,
-                error_message=envelope.error.message,
-                request_id=envelope.request_id,
-            )
+        return _line(row, _summary_decoder.decode(row.result.message) if _succeeded(row.result) else None)
     except msgspec.DecodeError as exc:
         raise ProviderError(f"Anthropic results, line {number}: {exc}") from None
+
+
+def _line(row: _ResultRow, summary: _MessageSummary | None) -> ResultLine:
+    """A decoded results line (and the indexed fields of its message, when it succeeded), normalised."""
+    result = row.result
+    if summary is not None:
+        return ResultLine(
+            wire_id=row.custom_id,
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            body=result.message,
+            usage=summary.usage.normalise() if summary.usage else None,
+            model=summary.model,
+        )
+    if result.type == "errored":
+        envelope = _error_decoder.decode(result.error) if result.error != _NULL else _ErrorResponse()
+        return ResultLine(
+            wire_id=row.custom_id,
+            outcome=Outcome.ERRORED,
+            status_code=ERROR_STATUS.get(envelope.error.type),
+            body=result.error if result.error != _NULL else None,
+            error_code=envelope.error.type,
+            error_message=envelope.error.message,
+            request_id=envelope.request_id,
+        )
     return ResultLine(
         wire_id=row.custom_id,
         outcome=_OUTCOMES.get(result.type, Outcome.FAILED),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncGenerator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -508,10 +508,11 @@ class OpenAIProvider(HttpProvider):
         http = self._client()
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                lines = http.lines(self._path(f"/files/{file_id}/content"), headers={"Accept": "application/binary"})
-                async with contextlib.aclosing(lines):
-                    async for number, line in lines:
-                        yield self._result_line(file_id, number, line)
+                blocks = http.blocks(self._path(f"/files/{file_id}/content"), headers={"Accept": "application/binary"})
+                async with contextlib.aclosing(blocks):
+                    async for first, block in blocks:
+                        for line in self._result_lines(file_id, first, block):
+                            yield line
 
     # --- normalisation -----------------------------------------------------------------------------------
 
@@ -536,11 +537,27 @@ class OpenAIProvider(HttpProvider):
             or status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED),
         )
 
+    def _result_lines(self, file_id: str, first: int, block: bytes) -> list[ResultLine]:
+        """The lines of a block of a result file, decoded in two calls: the lines (bodies kept raw), then the
+        indexed fields of their bodies. A block that does not decode so is decoded line by line, which names the
+        line at fault."""
+        try:
+            lines = _output_line.decode_lines(block)
+        except msgspec.DecodeError:
+            return [self._result_line(file_id, number, raw)
+                    for number, raw in enumerate(block.split(b"\n"), first) if raw.strip()]
+        summaries = iter(_summaries([line.response.body for line in lines if line.response is not None]))
+        return [self._normalised_line(line, next(summaries) if line.response is not None else None) for line in lines]
+
     def _result_line(self, file_id: str, number: int, raw: bytes) -> ResultLine:
         try:
             line = _output_line.decode(raw)
         except msgspec.DecodeError as exc:
             raise ProviderError(f"{self.name} result file {file_id}, line {number}: {exc}") from None
+        return self._normalised_line(line, _summarise(line.response.body) if line.response is not None else None)
+
+    @staticmethod
+    def _normalised_line(line: _OutputLine, summary: _BodySummary | None) -> ResultLine:
         response = line.response
         if response is None:
             code = line.error.code if line.error else None
@@ -551,7 +568,6 @@ class OpenAIProvider(HttpProvider):
                 error_message=line.error.message if line.error else None,
                 line_id=line.id,
             )
-        summary = _summarise(response.body)
         error = summary.error if summary and response.status_code >= 400 else None
         return ResultLine(
             wire_id=line.custom_id,
@@ -576,6 +592,16 @@ def _next_page(page: _BatchPage) -> dict[str, str] | None:
     if page.paging is not None:
         return {"cursor": page.paging.next_cursor} if page.paging.next_cursor else None
     return {"after": page.data[-1].id} if page.has_more and page.data else None
+
+
+def _summaries(bodies: list[msgspec.Raw]) -> Sequence[_BodySummary | None]:
+    """``_summarise`` of many bodies in one call (a JSON body holds no raw newline, so they make JSON lines);
+    one at a time where one of them is of another shape."""
+    try:
+        found = _body_summary.decode_lines(b"\n".join(bodies))
+    except msgspec.DecodeError:
+        return [_summarise(body) for body in bodies]
+    return found if len(found) == len(bodies) else [_summarise(body) for body in bodies]
 
 
 def _summarise(body: msgspec.Raw) -> _BodySummary | None:
