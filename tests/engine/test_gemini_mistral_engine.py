@@ -130,16 +130,18 @@ async def test_sigkill_at_every_failpoint(tmp_path: Path, name: str) -> None:
              for i in range(500)]
     db = tmp_path / "jobs.db"
     env = {KEY_ENV[name]: API_KEY}
-    # half the shards inline, half through files: both paths are killed at every point
+    # half the shards inline, half through files: both paths are killed at every point (the retries go out as
+    # they come back, in small batches that go inline, rather than gathered into large ones)
     options = {"inline_max_bytes": 10_000} if name == "gemini" else {"inline_max_requests": 100}
+    run = (*RUN, "--retry-window", "0")
     async with run_emulator(EmulatorConfig(complete_after=0.3), data_dir=tmp_path / "emu") as emu:
         async with manager(db, provider(name, emu, **options)) as bm:  # the job records base URL and options
             job = await bm.submit(lines)
         for point in POINTS:
-            code, _, err = await cli("run", "--db", str(db), *RUN, env=cli_env(ASYNCBATCH_FAILPOINTS=point, **env))
+            code, _, err = await cli("run", "--db", str(db), *run, env=cli_env(ASYNCBATCH_FAILPOINTS=point, **env))
             assert code == -signal.SIGKILL, f"failpoint {point} was not reached (exit {code}): {err[-500:]}"
         with anyio.fail_after(120):
-            code, out, err = await cli("run", "--db", str(db), *RUN, env=cli_env(**env))
+            code, out, err = await cli("run", "--db", str(db), *run, env=cli_env(**env))
         assert code == 0 and f"{job.id} done" in out, err
         verify_exactly_once(db, emu.ledger, job.id, expect_all_succeeded=True)
         batches = emu.ledger.batches_created(name)
