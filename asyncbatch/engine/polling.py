@@ -10,7 +10,8 @@ or counts change. The provider's ``Poller`` decides when and how to look:
   hundred or a thousand batches, so the due batches are looked for page by page, and every batch watched that a
   page shows is refreshed with it; a batch the listing does not show (not listed yet, or the provider has no
   listing) is read alone; and a batch the listing shows ended is read alone once, for what only a read of the
-  batch itself may carry (its output files);
+  batch itself may carry (its output files), unless the provider's pages hold whole batches (``listing_is_whole``:
+  OpenAI, Anthropic, Mistral);
 * **within a budget**: all of it together makes at most ``poll_rate`` calls a second to the provider, however
   many batches are in flight.
 
@@ -84,6 +85,7 @@ class Poller:
         self.config = config
         self.cancelled = cancelled
         self._listing: Listing | None = getattr(provider, "listing", None)
+        self._listing_is_whole: bool = getattr(provider, "listing_is_whole", False)
         self._watches: dict[str, Watch] = {}
         self._changed = anyio.Event()  # a watch began, or was brought forward
         self._calls = _Budget(config.poll_rate)
@@ -166,7 +168,7 @@ class Poller:
                     if watch is None:
                         continue
                     due.pop(remote.id, None)
-                    if remote.status.is_terminal and watch.status is not remote.status:
+                    if remote.status.is_terminal and watch.status is not remote.status and not self._listing_is_whole:
                         ended.append(watch)  # read alone, for what only the batch itself carries
                         self._schedule(watch, now)
                     else:

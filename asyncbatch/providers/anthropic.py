@@ -168,6 +168,7 @@ class AnthropicProvider(HttpProvider):
     api_key_env = API_KEY_ENV
     #: A batch may answer 404 for a short while after its create (Anthropic's eventual consistency).
     visibility_grace: float = 60.0
+    listing_is_whole = True  # list pages hold the same objects as a read, output files included
     #: Seconds results stay downloadable: 29 days after the batch was created (less once it has run a while).
     results_retention: float = 29 * 86400.0
 

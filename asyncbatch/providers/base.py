@@ -30,6 +30,10 @@ class Provider(Protocol):
     * ``check_job_options(completion_window, metadata)``: refuse job options the provider cannot take.
     * ``native_request(line, ...) -> Request``: a line of the provider's own batch format (Gemini's ``{"key",
       "request"}``) as a Request, for input readers that meet such lines.
+    * ``listing() -> AsyncGenerator[list[RemoteBatch], None]``: the account's batches, newest first, a page at a
+      time, from which the engine's poller reads the statuses of many batches in one call.
+    * ``listing_is_whole: bool``: a listed batch carries all that a read of it does (its output files), so a
+      batch seen ended on a page is not read again before its results are fetched.
     """
 
     name: str

@@ -191,6 +191,7 @@ class MistralProvider(HttpProvider):
     name = "mistral"
     api_key_env = API_KEY_ENV
     visibility_grace: float = 30.0
+    listing_is_whole = True  # list pages hold the same objects as a read, output files included
     #: Seconds the results of an ended job stay downloadable (the engine ingests before they go).
     results_retention: float = RESULTS_RETENTION
 

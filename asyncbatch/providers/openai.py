@@ -260,6 +260,7 @@ class OpenAIProvider(HttpProvider):
     default_limits = ShardLimits(max_requests=50_000, max_bytes=200 * _MB - BYTES_MARGIN)
     #: OpenAI does not document eventual consistency; a short grace costs little where it is not needed.
     visibility_grace: float = 30.0
+    listing_is_whole = True  # list pages hold the same objects as a read, output files included
     #: Seconds output and error files stay downloadable (30 days by default).
     results_retention: float = 30 * 86400.0
 
