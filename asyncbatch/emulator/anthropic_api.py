@@ -23,15 +23,16 @@ import msgspec
 from aiohttp import web
 
 from ..model import Outcome
+from ..wire.web import json_response, query_int
 from .bodies import anthropic_message, check_anthropic
 from .config import EmulatorConfig
 from .core import Context
-from .envelopes import anthropic_error, anthropic_error_body, json_response, request_id
+from .envelopes import anthropic_error, anthropic_error_body, request_id
 from .files import CHUNK, stream_file
 from .jsonstream import JSONStreamError, iter_array
 from .ledger import BatchRecord
 from .outcomes import Decision, anthropic_identity
-from .routes import RouteSpec, query_int
+from .routes import RouteSpec
 from .runs import Run, Written, progress
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

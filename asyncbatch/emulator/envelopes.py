@@ -8,6 +8,8 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from ..wire.openai import openai_error_body
+from ..wire.web import json_response
 from .ids import random_hex
 from .routes import REQUEST_ID
 
@@ -27,17 +29,6 @@ _ANTHROPIC_TYPES = {
 }
 
 
-class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(msgspec.Struct, kw_only=True):
-    error: OpenAIErrorDetail
-
-
 class AnthropicErrorDetail(msgspec.Struct, kw_only=True):
     type: str
     message: str
@@ -53,18 +44,6 @@ def request_id() -> str:
     return "req_" + random_hex(16)
 
 
-def openai_error_body(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
-) -> OpenAIError:
-    if status == 429:
-        etype, code = "requests", code or "rate_limit_exceeded"
-    elif status >= 500:
-        etype = "server_error"
-    else:
-        etype = "invalid_request_error"
-    return OpenAIError(error=OpenAIErrorDetail(message=message, type=etype, param=param, code=code))
-
-
 def anthropic_error_type(status: int) -> str:
     if status in _ANTHROPIC_TYPES:
         return _ANTHROPIC_TYPES[status]
@@ -74,14 +53,6 @@ def anthropic_error_type(status: int) -> str:
 def anthropic_error_body(status: int, message: str, rid: str | None) -> AnthropicError:
     return AnthropicError(
         error=AnthropicErrorDetail(type=anthropic_error_type(status), message=message), request_id=rid
-    )
-
-
-def json_response(
-    payload: object, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(payload), status=status, content_type=JSON, headers=headers
     )
 
 

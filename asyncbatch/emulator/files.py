@@ -12,30 +12,11 @@ import anyio
 import msgspec
 from aiohttp import web
 
+from ..wire.openai import FileObject
 from .ledger import FileRecord, Ledger
 from .routes import TRUNCATE
 
 CHUNK = 1 << 20  # uploads and downloads move a MiB per worker-thread call (64 KiB: 550 calls for a 35 MB output)
-
-
-class FileObject(msgspec.Struct, kw_only=True):
-    """The OpenAI File object, field for field (reference doc 1.2)."""
-
-    id: str
-    bytes: int
-    created_at: int
-    expires_at: int | None
-    filename: str
-    purpose: str
-    status: str = "processed"
-    status_details: str | None = None
-    object: str = "file"
-
-
-class FileDeleted(msgspec.Struct, kw_only=True):
-    id: str
-    deleted: bool = True
-    object: str = "file"
 
 
 class FileStore:

@@ -28,13 +28,14 @@ import msgspec
 from aiohttp import web
 
 from ..model import Outcome
+from ..wire.web import json_response, query_int
 from .bodies import check_gemini, gemini_embedding, gemini_response
 from .core import Context
-from .envelopes import GRPC_STATUS, gemini_error, json_response
+from .envelopes import GRPC_STATUS, gemini_error
 from .files import CHUNK, read_json_lines, snapshot, stream_file
 from .ledger import BatchRecord, FileRecord
 from .outcomes import Decision, body_identity
-from .routes import RouteSpec, query_int
+from .routes import RouteSpec
 from .runs import Run, Written, progress
 
 WINDOW = 48 * 3600  # a batch not done within 48 h expires

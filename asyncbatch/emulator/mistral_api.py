@@ -23,14 +23,16 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from ..model import Outcome
+from ..wire.openai import openai_error_body
+from ..wire.web import json_response, query_int
 from .bodies import check_openai, openai_body
 from .core import Context
-from .envelopes import json_response, mistral_error, openai_error_body
+from .envelopes import mistral_error
 from .files import CHUNK, read_json_lines, stream_file
 from .ids import random_hex, random_hex_bytes
 from .ledger import BatchRecord, FileRecord
 from .outcomes import Decision, body_identity
-from .routes import RouteSpec, query_int
+from .routes import RouteSpec
 from .runs import Run, Written, progress
 
 #: What the emulator runs (bodies as OpenAI's: Mistral's chat and embeddings responses have the same shape);

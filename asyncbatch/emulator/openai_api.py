@@ -21,106 +21,34 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from ..model import Outcome
+from ..wire.openai import (
+    BatchErrorItem,
+    BatchErrors,
+    BatchObject,
+    BatchRequestCounts,
+    BatchUsage,
+    CreateBatchBody,
+    FileDeleted,
+    FileObject,
+    ListPage,
+    openai_error_body,
+)
+from ..wire.web import json_response, query_int
 from .bodies import OPENAI_ENDPOINTS, check_openai, estimate_prompt_tokens, openai_body
 from .config import EmulatorConfig, window_seconds
 from .core import Context, after_cursor
-from .envelopes import json_response, openai_error, openai_error_body, request_id
-from .files import CHUNK, FileDeleted, FileObject, FileStore, snapshot, stream_file
+from .envelopes import openai_error, request_id
+from .files import CHUNK, FileStore, snapshot, stream_file
 from .ids import random_hex, random_hex_bytes
 from .ledger import BatchRecord
 from .outcomes import Decision
-from .routes import RouteSpec, query_int
+from .routes import RouteSpec
 from .runs import Run, Written, progress
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 EXPIRY_RANGE = (3600, 2_592_000)
 OUTPUT_EXPIRY = 30 * 86400
 MAX_LINE_ERRORS = 10
-
-
-# --- wire objects ----------------------------------------------------------------------------------------
-
-
-class BatchErrorItem(msgspec.Struct, kw_only=True):
-    code: str
-    message: str
-    param: str | None = None
-    line: int | None = None
-
-
-class BatchErrors(msgspec.Struct, kw_only=True):
-    data: list[BatchErrorItem]
-    object: str = "list"
-
-
-class BatchRequestCounts(msgspec.Struct, kw_only=True):
-    total: int
-    completed: int
-    failed: int
-
-
-class CachedTokens(msgspec.Struct):
-    cached_tokens: int = 0
-
-
-class ReasoningTokens(msgspec.Struct):
-    reasoning_tokens: int = 0
-
-
-class BatchUsage(msgspec.Struct, kw_only=True):
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    input_tokens_details: CachedTokens = msgspec.field(default_factory=CachedTokens)
-    output_tokens_details: ReasoningTokens = msgspec.field(default_factory=ReasoningTokens)
-
-
-class BatchObject(msgspec.Struct, kw_only=True):
-    """The Batch object, field for field (reference doc 2.3); nulls are sent, as the API does."""
-
-    id: str
-    endpoint: str
-    model: str | None
-    errors: BatchErrors | None
-    input_file_id: str
-    completion_window: str
-    status: str
-    output_file_id: str | None
-    error_file_id: str | None
-    created_at: int
-    in_progress_at: int | None
-    expires_at: int | None
-    finalizing_at: int | None
-    completed_at: int | None
-    failed_at: int | None
-    expired_at: int | None
-    cancelling_at: int | None
-    cancelled_at: int | None
-    request_counts: BatchRequestCounts
-    usage: BatchUsage | None
-    metadata: dict[str, str] | None
-    object: str = "batch"
-
-
-class ListPage(msgspec.Struct, kw_only=True):
-    data: list[Any]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
-
-
-class ExpiresAfter(msgspec.Struct, kw_only=True):
-    anchor: Any = None
-    seconds: Any = None
-
-
-class CreateBatchBody(msgspec.Struct, kw_only=True):
-    input_file_id: Any = None
-    endpoint: Any = None
-    completion_window: Any = None
-    metadata: Any = None
-    output_expires_after: ExpiresAfter | None = None
 
 
 # --- input and result lines ------------------------------------------------------------------------------

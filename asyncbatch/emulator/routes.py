@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from ..wire.web import request_key
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _request_key(name: str, kind: type[Any]) -> Any:
-    """A key of the request's own mapping: ``web.RequestKey`` where aiohttp has it (3.14+, which warns about
-    plain string keys), else a string. The emulator ships with the library and runs on the oldest aiohttp the
-    project supports."""
-    make = getattr(web, "RequestKey", None)
-    return make(name, kind) if make is not None else f"asyncbatch.{name}"
-
-
-REQUEST_ID = _request_key("request_id", str)
-RESPONSE_HEADERS = _request_key("response_headers", dict)
-TRUNCATE = _request_key("truncate", bool)  # a truncate fault was drawn for this download
+REQUEST_ID = request_key("request_id", str)
+RESPONSE_HEADERS = request_key("response_headers", dict)
+TRUNCATE = request_key("truncate", bool)  # a truncate fault was drawn for this download
 
 
 class RouteSpec(msgspec.Struct, frozen=True):
@@ -38,17 +31,3 @@ class RouteSpec(msgspec.Struct, frozen=True):
     group: str | None = None
     creates: bool = False
     download: bool = False
-
-
-def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within [low, high]; ValueError names the parameter otherwise."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"Invalid '{name}': expected an integer, got {raw!r}.") from None
-    if not low <= value <= high:
-        raise ValueError(f"Invalid '{name}': must be between {low} and {high}, got {value}.")
-    return value

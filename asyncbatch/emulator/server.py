@@ -24,18 +24,11 @@ import msgspec
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
+from ..wire.web import json_response
 from .anthropic_api import AnthropicAPI
 from .config import EmulatorConfig, FaultSpec
 from .core import Clock, Context
-from .envelopes import (
-    anthropic_error,
-    gemini_error,
-    json_response,
-    mistral_error,
-    openai_error,
-    request_id,
-    retry_headers,
-)
+from .envelopes import anthropic_error, gemini_error, mistral_error, openai_error, request_id, retry_headers
 from .gemini_api import PREFIX as GEMINI_PREFIX
 from .gemini_api import GeminiAPI
 from .ledger import FaultRecord, Ledger

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import BodyPartReader, web
 
-from ..emulator.routes import _request_key, query_int
 from ..errors import StoreError
+from ..wire.web import query_int, request_key
 from . import ids
 from .files import receive_upload
 from .keys import Caller, bearer, new_key_record, token_of
@@ -27,7 +27,7 @@ log = logging.getLogger("asyncbatch.gateway")
 
 _T = TypeVar("_T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_CALLER = _request_key("caller", Caller)  # the authenticated caller of a request
+_CALLER = request_key("caller", Caller)  # the authenticated caller of a request
 
 
 class KeyGenerate(msgspec.Struct, kw_only=True):

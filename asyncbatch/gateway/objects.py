@@ -1,7 +1,7 @@
 """The OpenAI objects the gateway answers with, and its error envelope.
 
-The shapes are the emulator's (``asyncbatch.emulator``), which are OpenAI's field for field and are checked
-against the official SDK by the conformance tests: one definition of OpenAI's wire format in the project.
+The shapes are ``asyncbatch.wire.openai``'s, OpenAI's field for field, which the emulator answers with too and
+the conformance tests check against the official SDK: one definition of OpenAI's wire format in the project.
 A client batch's status and counts are read from the job that runs it, and fixed once it ends.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..emulator.envelopes import json_response, openai_error_body
-from ..emulator.files import FileDeleted, FileObject
-from ..emulator.openai_api import (
+from ..model import GatewayBatch, GatewayFile, GatewayUsage, Job, JobStatus
+from ..wire.openai import (
     BatchErrorItem,
     BatchErrors,
     BatchObject,
@@ -19,9 +18,12 @@ from ..emulator.openai_api import (
     BatchUsage,
     CachedTokens,
     CreateBatchBody,
+    FileDeleted,
+    FileObject,
     ListPage,
+    openai_error_body,
 )
-from ..model import GatewayBatch, GatewayFile, GatewayUsage, Job, JobStatus
+from ..wire.web import json_response
 
 __all__ = [
     "ApiError",

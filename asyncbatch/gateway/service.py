@@ -21,10 +21,10 @@ import anyio
 import msgspec
 
 from ..cost import token_prices
-from ..emulator.bodies import OPENAI_ENDPOINTS
 from ..errors import AsyncBatchError, DuplicateCustomIdError, JSONLError, ProviderError, ValidationError
 from ..manager import BatchManager
 from ..model import BatchError, GatewayBatch, GatewayFile, Job, JobStatus, RoutePrice, VirtualKey
+from ..providers.openai import OPENAI_ENDPOINTS
 from ..validation import check_metadata
 from . import ids
 from .config import ALL_MODELS, ProxyConfig

@@ -90,7 +90,8 @@ def test_the_cycle_finder_finds_a_circle() -> None:
 
 def test_layers_point_one_way() -> None:
     """The store knows nothing of providers or the engine; providers know nothing of the store or the engine;
-    the engine never reaches the client side (manager, CLI, helpers, gateway)."""
+    the engine never reaches the client side (manager, CLI, helpers, gateway); the two servers (emulator,
+    gateway) share the wire format (``asyncbatch.wire``), never each other's code."""
     edges = graph()
 
     def reaches(module: str, prefix: str) -> set[str]:
@@ -104,3 +105,9 @@ def test_layers_point_one_way() -> None:
         if module.startswith("asyncbatch.engine"):
             for client in ("asyncbatch.manager", "asyncbatch.cli", "asyncbatch.litellm", "asyncbatch.gateway"):
                 assert not reaches(module, client), (module, client)
+        if module.startswith("asyncbatch.gateway"):
+            assert not reaches(module, "asyncbatch.emulator"), module
+        if module.startswith("asyncbatch.emulator"):
+            assert not reaches(module, "asyncbatch.gateway"), module
+        if module.startswith("asyncbatch.wire"):
+            assert all(m.startswith("asyncbatch.wire") for m in edges[module]), module
