@@ -29,11 +29,12 @@ from asyncbatch.events import ResultsIngested
 from asyncbatch.providers import create_provider
 
 
-async def one_job(url: str, source: Path, workdir: Path, per_batch: int) -> dict[str, Any]:
+async def one_job(url: str, source: Path, workdir: Path, per_batch: int, window: float | None) -> dict[str, Any]:
     provider = create_provider("openai", base_url=url, api_key=API_KEY)
     ingested: dict[int, float] = {}
+    options = {} if window is None else {"retry_window": window}  # None: the version's default (earlier ones had none)
     async with BatchManager(workdir / "jobs.db", provider=provider, poll_interval=1.0,
-                            max_requests_per_batch=per_batch) as bm:
+                            max_requests_per_batch=per_batch, **options) as bm:
         job = await bm.submit(source)
         started = time.time()
         async with anyio.create_task_group() as tg, bm.events.subscribe(job.id) as events:
@@ -70,6 +71,7 @@ def main() -> int:
     parser.add_argument("--per-batch", type=int, default=1000)
     parser.add_argument("--fail-rate", type=float, default=0.001)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--retry-window", type=float, help="BatchManager(retry_window=...); default: the default")
     args = parser.parse_args()
     source = input_file("openai", args.n)
     runs: list[dict[str, Any]] = []
@@ -80,7 +82,7 @@ def main() -> int:
         emu = EmulatorProcess(workdir / "emulator", "--complete-after", "0", "--fail-rate", str(args.fail_rate),
                               "--fail-status", "500", "--seed", str(round_no))
         try:
-            runs.append(anyio.run(one_job, emu.openai_base_url, source, workdir, args.per_batch))
+            runs.append(anyio.run(one_job, emu.openai_base_url, source, workdir, args.per_batch, args.retry_window))
         finally:
             emu.stop()
         print(f"round {round_no + 1}: {runs[-1]}", file=sys.stderr, flush=True)
