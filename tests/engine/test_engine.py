@@ -349,17 +349,24 @@ async def test_a_wait_the_server_asked_for_shows_on_the_shard_while_it_lasts(tmp
     assert shard.last_error is None and shard.phase.value == "ingested"
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 async def test_batches_in_flight_are_polled_from_list_pages(tmp_path: Path, kind: str) -> None:
-    """30 batches in flight: their statuses come from the listing, a page for all of them, and each batch is read
-    alone once, when the listing shows it ended (one poll a batch, where each used to be polled many times)."""
+    """30 batches in flight: their statuses come from the listing, a page for all of them, where each used to be
+    polled many times. OpenAI's and Anthropic's pages hold whole batches (output files included), so none is read
+    alone; Gemini's are not known to carry the output, so each batch is read alone once when it ended (and once more
+    for its inline responses, by ``results``)."""
     from asyncbatch.providers.anthropic import AnthropicProvider
+    from asyncbatch.providers.gemini import GeminiProvider
 
-    lines = [chat_line(f"r{i}", model="claude-haiku-4-5" if kind == "anthropic" else "gpt-4o-mini")
-             for i in range(30)]
+    model = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}[kind]
+    lines = [chat_line(f"r{i}", model=model) for i in range(30)]
     async with run_emulator(EmulatorConfig(complete_after=1.5), data_dir=tmp_path / "emu") as emu:
-        source = provider(emu) if kind == "openai" else AnthropicProvider(
-            api_key=API_KEY, base_url=emu.anthropic_base_url, retry=FAST_RETRY)
+        source = {
+            "openai": lambda: provider(emu),
+            "anthropic": lambda: AnthropicProvider(api_key=API_KEY, base_url=emu.anthropic_base_url,
+                                                   retry=FAST_RETRY),
+            "gemini": lambda: GeminiProvider(api_key=API_KEY, base_url=emu.gemini_base_url, retry=FAST_RETRY),
+        }[kind]()
         async with BatchManager(tmp_path / "jobs.db", provider=source, poll_interval=0.05, max_poll_interval=0.2,
                                 max_requests_per_batch=1) as bm:
             job = await bm.submit(lines)
@@ -367,16 +374,20 @@ async def test_batches_in_flight_are_polled_from_list_pages(tmp_path: Path, kind
                 job = await bm.wait(job.id)
         calls = emu.ledger.calls
     assert job.status is JobStatus.DONE and job.counts.completed == 30
-    one, listing = {"openai": ("GET /v1/batches/{batch_id}", "GET /v1/batches"),
-                    "anthropic": ("GET /v1/messages/batches/{batch_id}", "GET /v1/messages/batches")}[kind]
-    assert calls[one] == 30
+    one, listing, alone = {
+        "openai": ("GET /v1/batches/{batch_id}", "GET /v1/batches", 0),
+        "anthropic": ("GET /v1/messages/batches/{batch_id}", "GET /v1/messages/batches", 0),
+        "gemini": ("GET /gemini/v1/batches/{batch_id:[^/:]+}", "GET /gemini/v1/batches", 60),
+    }[kind]
+    assert calls.get(one, 0) == alone, calls
     assert 0 < calls[listing] < 1.5 / 0.05  # fewer than one poll of one batch at the shortest interval would make
 
 
 async def test_retries_of_many_batches_go_back_in_one_batch(tmp_path: Path) -> None:
     """One failure in each of 10 batches of 5: held while other batches are out (retry_window), then sent again
-    together as soon as nothing else can come back: two full batches of retries, not 10 batches of one, and no
-    wait for the window once the last batch is in (it is 60 s here; the job ends well within that)."""
+    together (a full batch of them at once, or with first attempts not yet planned) as soon as nothing else can
+    come back: at most three batches carry the 10 retries, not 10 batches of one, and no wait for the window once
+    the last batch is in (it is 60 s here; the job ends well within that)."""
     lines = [chat_line(f"r{i}", "[[fail_attempts:1]]" if i % 5 == 0 else "hello") for i in range(50)]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
         with anyio.fail_after(30):
@@ -384,5 +395,5 @@ async def test_retries_of_many_batches_go_back_in_one_batch(tmp_path: Path) -> N
                                                  retry_window=60.0)
     assert job.status is JobStatus.DONE and job.counts.completed == 50
     again = [s for s in shards if s.attempt > 1]
-    assert len(shards) == 12 and [s.request_count for s in again] == [5, 5]
+    assert len(again) <= 3 and sum(s.request_count for s in again) >= 10 and len(shards) <= 13
     assert all(results[f"r{i}"].attempt == 2 for i in range(0, 50, 5))
