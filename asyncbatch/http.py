@@ -324,7 +324,10 @@ class HttpClient:
             tries += 1
             failure: Response | str  # the error answer, or what went wrong with the connection
             try:
-                return await attempt()
+                done = await attempt()
+                if log.isEnabledFor(logging.DEBUG):  # -vv: every call, its path shown as redacted as errors show it
+                    log.debug("%s %s: answered%s", method, self._shown(path), f" (try {tries})" if tries > 1 else "")
+                return done
             except _Answered as answered:
                 failure = answered.response
                 HTTP_ERRORS.labels(self.name, str(failure.status)).inc()
