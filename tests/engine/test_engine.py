@@ -386,8 +386,8 @@ async def test_batches_in_flight_are_polled_from_list_pages(tmp_path: Path, kind
 async def test_retries_of_many_batches_go_back_in_one_batch(tmp_path: Path) -> None:
     """One failure in each of 10 batches of 5: held while other batches are out (retry_window), then sent again
     together (a full batch of them at once, or with first attempts not yet planned) as soon as nothing else can
-    come back: at most three batches carry the 10 retries, not 10 batches of one, and no wait for the window once
-    the last batch is in (it is 60 s here; the job ends well within that)."""
+    come back: at most two batches that carry retries are not full, not 10 batches of one, and no wait for the
+    window once the last batch is in (it is 60 s here; the job ends well within that)."""
     lines = [chat_line(f"r{i}", "[[fail_attempts:1]]" if i % 5 == 0 else "hello") for i in range(50)]
     async with run_emulator(EmulatorConfig(), data_dir=tmp_path / "emu") as emu:
         with anyio.fail_after(30):
@@ -395,5 +395,8 @@ async def test_retries_of_many_batches_go_back_in_one_batch(tmp_path: Path) -> N
                                                  retry_window=60.0)
     assert job.status is JobStatus.DONE and job.counts.completed == 50
     again = [s for s in shards if s.attempt > 1]
-    assert len(again) <= 3 and sum(s.request_count for s in again) >= 10 and len(shards) <= 13
+    # retries ride in full batches (of retries, or with first attempts not yet planned): at most two are not full
+    # (the last, and at times one sent in a moment when no other batch of the job had a task), where sending each
+    # batch's failure as it came back makes up to 10 batches of one
+    assert sum(s.request_count < 5 for s in again) <= 2 and sum(s.request_count for s in again) >= 10
     assert all(results[f"r{i}"].attempt == 2 for i in range(0, 50, 5))
